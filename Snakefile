@@ -1,0 +1,35 @@
+# Contam: does generated training data corrupt vision models?
+# A reproduction of Hataya, Bao & Arai (ICCV 2023). See README.md.
+#
+#   make demo                       # the embedded default, on CPU, in minutes
+#   snakemake -n --configfile config/imagenet.yaml   # plan the paper's study
+
+
+# The embedded default, unless --configfile names another experiment: merging
+# the two would leak digits settings into a paper-scale config.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/generate.smk"
+include: "workflow/rules/mix.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+    build_prompts,
+    gather_generated,
+    mix,
+    report,
+
+
+rule all:
+    default_target: True
+    input:
+        all_metrics(),
+        REPORT_FILES,

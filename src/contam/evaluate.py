@@ -1,0 +1,84 @@
+"""Stage evaluate: top-1/top-5 and per-class accuracy on real test sets.
+
+Out-of-distribution sets (ImageNet-A, -R, ...) may cover only some classes; their
+logits are restricted to the classes present, so a model is never marked wrong
+for a class the set cannot contain.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from contam.models import ManifestDataset, create_model, eval_transform
+
+log = logging.getLogger(__name__)
+
+
+def load_classifier(weights: str | Path, model_config: dict, num_classes: int, device: torch.device) -> torch.nn.Module:
+    model = create_model(model_config["arch"], num_classes, model_config.get("kwargs"))
+    model.load_state_dict(load_file(str(weights)))
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, index: pd.DataFrame, image_size: int, crop_ratio: float, device: torch.device, batch_size: int, num_workers: int) -> np.ndarray:
+    loader = DataLoader(ManifestDataset(index, eval_transform(image_size, crop_ratio)), batch_size=batch_size, num_workers=num_workers)
+    chunks = [model(images.to(device)).float().cpu() for images, _ in tqdm(loader, desc="evaluate", mininterval=10)]
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int, classes: np.ndarray | None = None) -> dict:
+    """Top-1, top-5 and per-class top-1; ``classes`` restricts the logits to a subset."""
+    if classes is not None:
+        logits = logits[:, classes]
+        lookup = {int(c): i for i, c in enumerate(classes)}
+        targets = np.array([lookup[int(l)] for l in labels])
+    else:
+        targets = labels
+    k = min(5, logits.shape[1])
+    topk = np.argsort(-logits, axis=1)[:, :k]
+    top1 = topk[:, 0] == targets
+    top5 = (topk == targets[:, None]).any(axis=1)
+    per_class = {}
+    for c in np.unique(labels):
+        mask = labels == c
+        per_class[str(int(c))] = float(top1[mask].mean())
+    return {"n": int(len(labels)), "top1": float(top1.mean()), "top5": float(top5.mean()), "per_class_top1": per_class}
+
+
+def evaluate_sets(model, model_config: dict, sets: dict[str, pd.DataFrame], num_classes: int, crop_ratio: float, device, batch_size: int, num_workers: int, restrict: set[str]) -> dict:
+    results = {}
+    for name, index in sets.items():
+        logits = predict(model, index, model_config["image_size"], crop_ratio, device, batch_size, num_workers)
+        labels = index["label"].to_numpy(np.int64)
+        classes = np.unique(labels) if name in restrict else None
+        results[name] = accuracy(logits, labels, num_classes, classes)
+        if classes is not None:
+            results[name]["classes"] = int(len(classes))
+        log.info("%s: top-1 %.4f top-5 %.4f on %d images", name, results[name]["top1"], results[name]["top5"], len(labels))
+    return results
+
+
+def software_versions() -> dict:
+    import diffusers
+    import timm
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "diffusers": diffusers.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }

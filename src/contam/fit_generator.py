@@ -1,0 +1,131 @@
+"""Stage fit_generator: train the embedded class-conditional diffusion model.
+
+A diffusers ``UNet2DModel`` with one class embedding per class plus a "no class"
+embedding (for classifier-free guidance) learns to denoise the real training
+images. It stands in for "a generator trained on the web" in the embedded world.
+The weights saved are the exponential moving average, as safetensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from tqdm import tqdm
+
+from contam.images import load_rgb
+from contam.io import atomic_path, write_json
+from contam.logs import Throughput
+
+log = logging.getLogger(__name__)
+
+TRAIN_TIMESTEPS = 1000
+SCHEDULE = "squaredcos_cap_v2"
+
+
+def build_unet(image_size: int, num_classes: int, block_channels: list[int], layers_per_block: int) -> UNet2DModel:
+    """A small UNet; attention only at the lowest resolution, where it is cheap."""
+    levels = len(block_channels)
+    down = ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D"]
+    up = ["AttnUpBlock2D"] + ["UpBlock2D"] * (levels - 1)
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(block_channels),
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        layers_per_block=layers_per_block,
+        norm_num_groups=min(8, min(block_channels)),
+        attention_head_dim=8,
+        num_class_embeds=num_classes + 1,  # the last one means "no class"
+    )
+
+
+def noise_schedulers() -> tuple[DDPMScheduler, DDIMScheduler]:
+    kwargs = dict(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule=SCHEDULE, clip_sample=True, prediction_type="epsilon")
+    return DDPMScheduler(**kwargs), DDIMScheduler(**kwargs)
+
+
+def load_images(index: pd.DataFrame, image_size: int) -> torch.Tensor:
+    """The real training images as a float tensor in [-1, 1]."""
+    arrays = []
+    for path in index["path"]:
+        image = load_rgb(path)
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size))
+        arrays.append(np.asarray(image))
+    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    return stacked / 127.5 - 1.0
+
+
+def fit(
+    train_index: pd.DataFrame,
+    num_classes: int,
+    out_dir: str | os.PathLike,
+    image_size: int,
+    fit_config: dict,
+    seed: int,
+    device: torch.device,
+) -> dict:
+    """Train the UNet and save it (EMA weights) with its scheduler under ``out_dir``."""
+    torch.manual_seed(seed)
+    images = load_images(train_index, image_size).to(device)
+    labels = torch.as_tensor(train_index["label"].to_numpy(), dtype=torch.long, device=device)
+    unet = build_unet(image_size, num_classes, fit_config["block_channels"], fit_config["layers_per_block"]).to(device)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    train_scheduler, sample_scheduler = noise_schedulers()
+    steps, batch_size = int(fit_config["steps"]), int(fit_config["batch_size"])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=fit_config["learning_rate"], weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    lr_lambda = lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))  # noqa: E731
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    null_class = num_classes
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    history = []
+    meter = Throughput()
+    log.info("fitting a %.2fM-parameter UNet on %d images for %d steps", sum(p.numel() for p in unet.parameters()) / 1e6, len(images), steps)
+    for step in tqdm(range(steps), desc="fit generator", mininterval=10):
+        pick = torch.randint(len(images), (batch_size,), generator=generator).to(device)
+        clean = images[pick]
+        cond = labels[pick].clone()
+        drop = torch.rand(batch_size, generator=generator).to(device) < fit_config["label_dropout"]
+        cond[drop] = null_class
+        noise = torch.randn(clean.shape, generator=generator).to(device)
+        t = torch.randint(TRAIN_TIMESTEPS, (batch_size,), generator=generator).to(device)
+        noisy = train_scheduler.add_noise(clean, noise, t)
+        loss = F.mse_loss(unet(noisy, t, class_labels=cond).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        decay = min(fit_config["ema_decay"], (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters()):
+                e.lerp_(p, 1 - decay)
+        meter.add(batch_size)
+        if step % 100 == 0 or step == steps - 1:
+            history.append({"step": step, "loss": float(loss), "lr": lr_schedule.get_last_lr()[0], "images_per_s": meter.rate})
+            log.info("step %d loss %.4f (%s images)", step, float(loss), meter)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ema.save_pretrained(out / "unet", safe_serialization=True)
+    sample_scheduler.save_pretrained(out / "scheduler")
+    with atomic_path(out / "fit_log.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    summary = {"steps": steps, "final_loss": history[-1]["loss"], "seconds": meter.seconds, "num_classes": num_classes, "image_size": image_size}
+    write_json(summary, out / "fit_summary.json")
+    return summary

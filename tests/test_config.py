@@ -1,0 +1,80 @@
+import pytest
+from snakemake.exceptions import WorkflowError
+
+from conftest import validated
+from contam import config as cfg
+
+
+def test_default_config_is_valid(default_config):
+    validated(default_config)
+    assert default_config["execution"]["device"] == "auto"  # schema defaults are applied
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c["mixing"].update(ratios=[0.0, 1.5]), "ratios"),
+        (lambda c: c["mixing"].update(ratios=[-0.1]), "ratios"),
+        (lambda c: c["models"]["resnet18"].update(arch="resnet9000"), "models.resnet18.arch"),
+        (lambda c: c["sources"]["generated"].update(shards=10_000), "sources.generated.shards"),
+        (lambda c: c["sources"]["generated"].update(generator="nope"), "sources.generated.generator"),
+        (lambda c: c.update(typo_key=1), "typo_key"),
+        (lambda c: c["training"].update(optimizer="lion"), "optimizer"),
+        (lambda c: c["mixing"].update(ratios=[0.2, 0.20]), "mixing.ratios"),
+        (lambda c: c["real"]["split_fractions"].update(train=0.9), "real.split_fractions"),
+        (lambda c: c["sources"].update(real={"origin": "control", "real_split": "control"}), "real"),
+        (lambda c: c["sources"]["generated"]["prompts"].update(template="no placeholder"), "sources.generated.prompts.template"),
+    ],
+)
+def test_bad_config_fails_naming_the_key(default_config, mutate, key):
+    mutate(default_config)
+    with pytest.raises((WorkflowError, cfg.ConfigError)) as error:
+        validated(default_config)
+    assert key in str(error.value)
+
+
+def test_missing_paths_are_named(default_config, tmp_path):
+    default_config["real"] = {"kind": "image_folder", "root": str(tmp_path / "absent"), "test_root": str(tmp_path), "class_index": str(tmp_path / "classes.txt"), "num_classes": 2}
+    default_config["sources"]["control"] = {"origin": "control", "root": str(tmp_path / "webvision")}
+    problems = cfg.missing_paths(default_config)
+    assert any(p.startswith("real.root:") for p in problems)
+    assert any(p.startswith("real.class_index:") for p in problems)
+    assert any(p.startswith("sources.control.root:") for p in problems)
+    assert not any(p.startswith("real.test_root:") for p in problems)
+
+
+def test_image_folder_requires_its_keys(default_config):
+    default_config["real"] = {"kind": "image_folder"}
+    with pytest.raises(cfg.ConfigError) as error:
+        validated(default_config)
+    for key in ("real.root", "real.test_root", "real.class_index", "real.num_classes"):
+        assert key in str(error.value)
+
+
+@pytest.mark.parametrize("ratio, tag", [(0, "0.0"), (0.0, "0.0"), (0.2, "0.2"), (0.25, "0.25"), (1, "1.0"), (1.0, "1.0")])
+def test_ratio_tag(ratio, tag):
+    assert cfg.ratio_tag(ratio) == tag
+
+
+def test_runs_share_ratio_zero(default_config):
+    validated(default_config)
+    runs = cfg.runs(default_config)
+    zero = [r for r in runs if r.ratio == "0.0"]
+    assert {r.source for r in zero} == {"real"}
+    assert len(zero) == len(default_config["models"]) * len(default_config["seeds"])
+    n_other = len(default_config["mixing"]["ratios"]) - 1
+    assert len(runs) == len(zero) * (1 + n_other * len(default_config["sources"]))
+
+
+def test_training_recipe_overrides_merge(default_config):
+    default_config["models"]["resnet18"]["training"] = {"epochs": 3, "augment": {"hflip": True}}
+    recipe = cfg.training_recipe(default_config, "resnet18")
+    assert recipe["epochs"] == 3
+    assert recipe["augment"] == {"crop_scale": [0.8, 1.0], "hflip": True}
+    assert default_config["training"]["epochs"] == 12  # the shared recipe is untouched
+
+
+def test_timm_model_list_matches_installed_timm():
+    import timm
+
+    assert cfg.known_timm_models() == set(timm.list_models())

@@ -1,0 +1,145 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from contam import fit_generator, generate, prompts
+from contam.gather import gather
+from contam.io import read_parquet, write_json, write_parquet
+
+CLASSES = pd.DataFrame({"label": range(3), "folder": ["0", "1", "2"], "names": ["zero", "one", "two"]})
+SAMPLE = {"steps": 4, "guidance": 0.5, "eta": 0.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tmp_path_factory) -> Path:
+    """An untrained embedded generator, saved and loaded by path like a trained one."""
+    out = tmp_path_factory.mktemp("generator")
+    torch.manual_seed(0)
+    unet = fit_generator.build_unet(image_size=8, num_classes=3, block_channels=[8, 16], layers_per_block=1)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    fit_generator.noise_schedulers()[1].save_pretrained(out / "scheduler")
+    return out
+
+
+def table(per_class=4):
+    return prompts.plain_prompts(CLASSES, "photo of the digit {name}", per_class, base_seed=42)
+
+
+def images_of(index: pd.DataFrame) -> dict[int, np.ndarray]:
+    return {int(r): np.asarray(Image.open(p)) for r, p in zip(index["row"], index["path"])}
+
+
+def test_shards_partition_rows_by_fixed_rule():
+    rows = table(per_class=5)
+    shards = [generate.shard_rows(rows, 4, k) for k in range(4)]
+    assert sorted(sum((list(s["row"]) for s in shards), [])) == list(range(15))
+    assert list(shards[1]["row"]) == [1, 5, 9, 13]
+    with pytest.raises(ValueError):
+        generate.shard_rows(rows, 4, 4)
+
+
+def test_image_depends_only_on_row_and_seed(tiny_generator, tmp_path):
+    sampler = generate.EmbeddedSampler(tiny_generator, SAMPLE, torch.device("cpu"))
+    rows = table()
+    whole, _ = generate.generate_shard(rows, tmp_path / "a", sampler, batch_size=12, generator_name="g", settings_id="x")
+    parts = [generate.generate_shard(generate.shard_rows(rows, 3, k), tmp_path / "b", sampler, batch_size=b, generator_name="g", settings_id="x")[0] for k, b in zip(range(3), (1, 2, 5))]
+    a, b = images_of(whole), images_of(pd.concat(parts))
+    assert a.keys() == b.keys() == set(range(12))
+    for row in a:
+        assert a[row].shape == (8, 8, 3)
+        # Identical pixels whatever the batch size and shard count.
+        assert np.array_equal(a[row], b[row]), row
+    assert not np.array_equal(a[0], a[1])  # different seeds give different images
+
+
+def test_eta_noise_is_per_image_too(tiny_generator, tmp_path):
+    sampler = generate.EmbeddedSampler(tiny_generator, {**SAMPLE, "eta": 1.0}, torch.device("cpu"))
+    rows = table(per_class=2)
+    one = images_of(generate.generate_shard(rows, tmp_path / "a", sampler, 6, "g", "x")[0])
+    two = images_of(generate.generate_shard(rows.iloc[::-1], tmp_path / "b", sampler, 4, "g", "x")[0])
+    assert all(np.array_equal(one[r], two[r]) for r in one)
+
+
+def test_bad_images_are_dropped_and_counted(tmp_path):
+    class FlatSampler:
+        image_hw = (8, 8)
+
+        def __call__(self, batch):
+            images = np.random.default_rng(0).integers(0, 255, (len(batch), 8, 8, 3), dtype=np.uint8)
+            images[0] = 0  # all one colour
+            flags = [False] * len(batch)
+            flags[-1] = True  # flagged by a safety checker
+            return images, flags
+
+    index, counts = generate.generate_shard(table(per_class=2), tmp_path, FlatSampler(), batch_size=6, generator_name="g", settings_id="x")
+    assert counts["dropped_invalid"] == 1 and counts["dropped_unsafe"] == 1 and counts["generated"] == 4
+    assert len(index) == 4 and 0 not in set(index["row"]) and 5 not in set(index["row"])
+    assert all(Path(p).exists() for p in index["path"])
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    import torch
+    from contam import generate
+    from contam.io import read_parquet, write_parquet
+    model, prompts_path, images, out = sys.argv[1:5]
+    sampler = generate.EmbeddedSampler(model, {"steps": 4, "guidance": 0.5, "eta": 0.0}, torch.device("cpu"))
+    slow = float(sys.argv[5])
+    def slow_sampler(batch):
+        time.sleep(slow)
+        return sampler(batch)
+    slow_sampler.image_hw = sampler.image_hw
+    index, counts = generate.generate_shard(read_parquet(prompts_path), images, slow_sampler, 1, "g", "x", writer_threads=1)
+    write_parquet(index, out)
+    print(counts)
+    """
+)
+
+
+def test_killed_shard_resumes_without_redoing_images(tiny_generator, tmp_path):
+    rows = table(per_class=10)
+    write_parquet(rows, tmp_path / "prompts.parquet")
+    (tmp_path / "driver.py").write_text(DRIVER)
+    images = tmp_path / "images"
+    args = [sys.executable, str(tmp_path / "driver.py"), str(tiny_generator), str(tmp_path / "prompts.parquet"), str(images), str(tmp_path / "shard.parquet")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen(args + ["0.3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while len(list(images.rglob("*.png"))) < 5 and time.time() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {p: p.stat().st_mtime_ns for p in images.rglob("*.png")}
+    assert 5 <= len(before) < 30
+    assert not (tmp_path / "shard.parquet").exists()
+    assert not list(images.rglob("*.tmp"))  # no half-written image under its final name
+
+    result = subprocess.run(args + ["0"], env=env, capture_output=True, text=True, check=True)
+    assert f"'resumed': {len(before)}" in result.stdout
+    after = {p: p.stat().st_mtime_ns for p in images.rglob("*.png")}
+    assert len(after) == 30
+    assert all(after[p] == before[p] for p in before)  # untouched, not regenerated
+    index = read_parquet(tmp_path / "shard.parquet")
+    assert list(index["row"]) == list(range(30))
+
+
+def test_gather_joins_shards(tmp_path):
+    rows = table()
+    for k in range(2):
+        part = generate.shard_rows(rows, 2, k).assign(path=lambda f: f["row"].astype(str))
+        write_parquet(part, tmp_path / f"shard-{k}.parquet")
+        write_json({"rows": len(part), "generated": len(part) - 1, "images_per_s": 3.0}, tmp_path / f"shard-{k}.json")
+    index, totals = gather([tmp_path / "shard-0.parquet", tmp_path / "shard-1.parquet"], [tmp_path / "shard-0.json", tmp_path / "shard-1.json"])
+    assert list(index["row"]) == list(range(12))
+    assert totals == {"shards": 2, "images": 12, "rows": 12, "generated": 10}

@@ -1,0 +1,223 @@
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The tested package lives in src/; jobs (local, conda or SLURM) import it from
+# there even when it is not installed.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+)
+
+from contam import config as contam_config
+from contam import resources as contam_resources
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    contam_config.check_semantics(config)
+except contam_config.ConfigError as error:
+    raise WorkflowError(str(error))
+
+
+EXP = config["experiment"]
+OUT = contam_config.experiment_dir(config)
+LOGS = f"logs/{EXP}"
+BENCH = f"benchmarks/{EXP}"
+BASELINE = contam_config.BASELINE_SOURCE
+SOURCES = sorted(config["sources"])
+GENERATED = contam_config.sources_of(config, "generated")
+CONTROLS = contam_config.sources_of(config, "control")
+FOLDER_CONTROLS = [s for s in CONTROLS if "root" in config["sources"][s]]
+EMBEDDED_GENERATORS = sorted(
+    {
+        config["sources"][s]["generator"]
+        for s in GENERATED
+        if config["generators"][config["sources"][s]["generator"]]["kind"] == "embedded"
+    }
+)
+REPORT_FILES = [
+    f"{OUT}/report/index.html",
+    f"{OUT}/report/summary.csv",
+    f"{OUT}/report/figures/accuracy.png",
+]
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+wildcard_constraints:
+    source=_alternatives([BASELINE, *SOURCES]),
+    generated_source=_alternatives(GENERATED),
+    control_source=_alternatives(FOLDER_CONTROLS),
+    generator=_alternatives(EMBEDDED_GENERATORS),
+    model=_alternatives(config["models"]),
+    ratio=r"[01]\.\d+",
+    seed=r"\d+",
+    shard=r"\d+",
+
+
+onstart:
+    # Data paths are checked only when jobs will run: a dry run plans the
+    # paper-scale DAG on any machine, without the data.
+    missing = contam_config.missing_paths(config)
+    if missing:
+        raise WorkflowError("missing input paths:\n  - " + "\n  - ".join(missing))
+
+
+# ---- input functions -------------------------------------------------------
+
+
+def real_index(wildcards=None):
+    return f"{OUT}/real/index.parquet"
+
+
+def prompts_of(wildcards):
+    return f"{OUT}/prompts/{wildcards.generated_source}.parquet"
+
+
+def generator_of(source):
+    return config["sources"][source]["generator"]
+
+
+def generator_model(wildcards):
+    """The embedded generator's trained weights; a diffusers model needs no job."""
+    name = generator_of(wildcards.generated_source)
+    if config["generators"][name]["kind"] == "embedded":
+        return f"{OUT}/generators/{name}"
+    return []
+
+
+def shard_count(source):
+    return int(config["sources"][source].get("shards", 1))
+
+
+def shard_indexes(wildcards):
+    source = wildcards.generated_source
+    return [
+        f"{OUT}/generated/{source}/shard-{k}.parquet"
+        for k in range(shard_count(source))
+    ]
+
+
+def shard_counts(wildcards):
+    return [p.replace(".parquet", ".json") for p in shard_indexes(wildcards)]
+
+
+def contaminant_index(wildcards):
+    """The pool a manifest draws replacement images from."""
+    source = wildcards.source
+    if source == BASELINE:
+        if float(wildcards.ratio) != 0:
+            raise WorkflowError(
+                f"source {BASELINE!r} is the real-only baseline; it exists only at ratio 0.0"
+            )
+        return []
+    if float(wildcards.ratio) == 0:
+        raise WorkflowError(
+            f"ratio 0 is shared by all sources: use {OUT}/manifests/{BASELINE}/ratio-0.0.parquet"
+        )
+    if source in GENERATED:
+        return f"{OUT}/generated/{source}.parquet"
+    if source in FOLDER_CONTROLS:
+        return f"{OUT}/control/{source}/index.parquet"
+    return real_index()
+
+
+def generation_settings(wildcards):
+    """Everything that changes pixels, and nothing else (no batch size, no device)."""
+    source = wildcards.generated_source
+    name = generator_of(source)
+    return {
+        "generator_name": name,
+        "generator": config["generators"][name],
+        "prompts": config["sources"][source].get("prompts", {}),
+        "seed": config["seed"],
+    }
+
+
+def embedded_settings(wildcards):
+    return {
+        "generator": config["generators"][wildcards.generator],
+        "real": config["real"],
+        "seed": config["seed"],
+    }
+
+
+def mix_settings(wildcards):
+    source = wildcards.source
+    spec = config["sources"].get(source, {})
+    return {
+        "source": source,
+        "origin": spec.get("origin", "real"),
+        "real_split": spec.get("real_split"),
+        "ratio": float(wildcards.ratio),
+        "seed": config["seed"],
+    }
+
+
+def manifest_of(wildcards):
+    return f"{OUT}/manifests/{wildcards.source}/ratio-{wildcards.ratio}.parquet"
+
+
+def run_settings(wildcards):
+    return {
+        "model": config["models"][wildcards.model],
+        "recipe": contam_config.training_recipe(config, wildcards.model),
+        "num_classes": contam_config.num_classes(config),
+        "seed": int(wildcards.seed),
+    }
+
+
+def ood_indexes(wildcards=None):
+    return [
+        f"{OUT}/ood/{name}/index.parquet"
+        for name in sorted(config.get("evaluation", {}).get("ood_sets", {}))
+    ]
+
+
+def all_metrics():
+    return [f"{OUT}/{run.path}/metrics.json" for run in contam_config.runs(config)]
+
+
+def report_inputs(wildcards):
+    inputs = {
+        "metrics": all_metrics(),
+        "real": real_index(),
+        "real_quality": f"{OUT}/real/quality.json",
+        "generated": [f"{OUT}/generated/{s}.parquet" for s in GENERATED],
+        "generated_counts": [f"{OUT}/generated/{s}.json" for s in GENERATED],
+    }
+    return inputs
+
+
+# ---- resources: standard names only; site settings live in the profile -----
+
+
+def threads_of(rule_name):
+    return contam_resources.resource_set(config, rule_name)["threads"]
+
+
+def gpus_of(rule_name):
+    return contam_resources.resource_set(config, rule_name)["gpu"]
+
+
+def runtime_of(rule_name):
+    def runtime(wildcards, attempt):
+        return contam_resources.runtime_minutes(config, rule_name, attempt)
+
+    return runtime
+
+
+def mem_of(rule_name):
+    def mem_mb(wildcards, attempt):
+        return contam_resources.mem_mb(config, rule_name, attempt)
+
+    return mem_mb

@@ -1,0 +1,25 @@
+"""Glue for rule index_real: see contam.index_real."""
+
+import pandas as pd
+
+from contam import index_real, logs
+from contam.io import write_json, write_parquet
+
+sm = snakemake  # noqa: F821 (provided by Snakemake)
+log = logs.setup(sm.log[0], sm.threads)
+real = sm.params.real
+if real["kind"] == "digits":
+    fractions = {k: real["split_fractions"][k] for k in ("train", "control", "test")}
+    index = index_real.export_digits(sm.params.images, real["image_size"], fractions, sm.params.seed)
+    quality = {"found": len(index), "indexed": len(index), "skipped": 0}
+else:
+    classes = index_real.class_table(real)
+    parts, quality = [], {}
+    for split, root in (("train", real["root"]), ("test", real["test_root"])):
+        frame, counts = index_real.index_image_folder(root, classes, split, real["extensions"], workers=max(4, 2 * sm.threads))
+        parts.append(frame)
+        quality[split] = counts
+    index = pd.concat(parts, ignore_index=True)
+log.info("indexed %d real images: %s", len(index), index.groupby("split").size().to_dict())
+write_json(quality, sm.output.quality)
+write_parquet(index, sm.output.index)
