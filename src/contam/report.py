@@ -113,8 +113,10 @@ def sample_grid(real: pd.DataFrame, generated: pd.DataFrame, out_png: Path, per_
                 ax.axis("off")
                 if c < len(picks):
                     ax.imshow(load_rgb(picks[c]))
-        axes[r, 0].set_title(str(real[real["label"] == label]["class_name"].iloc[0]), fontsize=7, loc="left")
-    fig.suptitle(f"{title}: real (left) and generated (right)", fontsize=9)
+        name = str(real[real["label"] == label]["class_name"].iloc[0])
+        axes[r, 0].set_title(f"{name}: real", fontsize=7, loc="left")
+        axes[r, per_class].set_title(f"{name}: {title}", fontsize=7, loc="left")
+    fig.suptitle(f"Real training images (left) and {title} images (right), same classes", fontsize=9)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
