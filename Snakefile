@@ -17,11 +17,13 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/mix.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/analysis.smk"
 include: "workflow/rules/report.smk"
 
 
 localrules:
     all,
+    compare_distributions,
     build_prompts,
     gather_generated,
     mix,

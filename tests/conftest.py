@@ -60,3 +60,21 @@ def snakemake_env() -> dict:
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONPATH"] = str(REPO / "src")
     return env
+
+
+def tiny_config(default: dict) -> dict:
+    """The embedded default shrunk to run the whole DAG in about two minutes."""
+    config = yaml.safe_load(yaml.safe_dump(default))
+    config["experiment"] = "tiny"
+    config["real"]["image_size"] = 8
+    config["real"]["split_fractions"] = {"train": 0.1, "control": 0.12, "test": 0.1}
+    config["generators"]["digits_ddim"]["image_size"] = 8
+    config["generators"]["digits_ddim"]["fit"].update(steps=30, block_channels=[16, 32])
+    config["generators"]["digits_ddim"]["sample"]["steps"] = 4
+    config["sources"]["generated"]["shards"] = 2
+    config["sources"]["generated"]["prompts"]["images_per_class"] = 22
+    config["mixing"]["ratios"] = [0.0, 0.5, 1.0]
+    config["training"]["epochs"] = 2
+    config["models"] = {"resnet10t": {"arch": "resnet10t", "image_size": 16}}
+    config["seeds"] = [0]
+    return config

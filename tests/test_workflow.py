@@ -1,6 +1,7 @@
 """The workflow as users run it: lint, dry runs, config errors, and a whole tiny study."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, snakemake_env, write_yaml
+from conftest import REPO, snakemake_env, tiny_config, write_yaml
 from contam.io import file_sha256, read_parquet
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -37,23 +38,6 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
             elif counts:
                 in_table = False
     return counts
-
-
-def tiny_config(default: dict) -> dict:
-    config = yaml.safe_load(yaml.safe_dump(default))
-    config["experiment"] = "tiny"
-    config["real"]["image_size"] = 8
-    config["real"]["split_fractions"] = {"train": 0.1, "control": 0.12, "test": 0.1}
-    config["generators"]["digits_ddim"]["image_size"] = 8
-    config["generators"]["digits_ddim"]["fit"].update(steps=30, block_channels=[16, 32])
-    config["generators"]["digits_ddim"]["sample"]["steps"] = 4
-    config["sources"]["generated"]["shards"] = 2
-    config["sources"]["generated"]["prompts"]["images_per_class"] = 22
-    config["mixing"]["ratios"] = [0.0, 0.5, 1.0]
-    config["training"]["epochs"] = 2
-    config["models"] = {"resnet10t": {"arch": "resnet10t", "image_size": 16}}
-    config["seeds"] = [0]
-    return config
 
 
 def test_lint_is_clean(repo):
@@ -98,10 +82,21 @@ def test_missing_data_path_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """The whole DAG on a tiny digits config, run once for the tests below."""
+    import copy
+
+    root = tmp_path_factory.mktemp("study")
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = write_yaml(root / "tiny.yaml", tiny_config(copy.deepcopy(default)))
+    snakemake("--cores", "2", "--configfile", str(config), cwd=root)
+    return root, config
+
+
 @pytest.mark.slow
-def test_whole_study_on_a_tiny_config(tmp_path, default_config):
-    config = write_yaml(tmp_path / "tiny.yaml", tiny_config(default_config))
-    snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
+def test_whole_study_on_a_tiny_config(tiny_study):
+    tmp_path, config = tiny_study
     out = tmp_path / "results" / "tiny"
 
     # Manifests: same size as the real train split, exact class-balanced shares.
@@ -130,6 +125,13 @@ def test_whole_study_on_a_tiny_config(tmp_path, default_config):
     assert (out / "report" / "figures" / "samples-generated.png").exists()
     assert list(tmp_path.glob("logs/tiny/train/*/*/*/*.log")) and list(tmp_path.glob("benchmarks/tiny/train/*/*/*/*.tsv"))
 
+    # The distribution analysis compared each source with the real train split.
+    for source in ("generated", "control"):
+        analysis = json.loads((out / "analysis" / f"{source}.json").read_text())
+        assert set(analysis["whole"]) >= {"fid", "kid", "precision", "recall", "density", "coverage", "diversity_ratio"}
+        assert len(analysis["per_class"]) == 10
+    assert "How contaminant images differ" in page
+
     # A manifest is a pure function of (config, seed): rebuilt elsewhere, same bytes.
     other = tmp_path / "again"
     other.mkdir()
@@ -137,15 +139,77 @@ def test_whole_study_on_a_tiny_config(tmp_path, default_config):
     snakemake(target, "--cores", "2", "--configfile", str(config), cwd=other)
     assert file_sha256(other / target) == file_sha256(tmp_path / target)
 
-    # Nothing left to do; then one run alone is rebuilt after its outputs go.
+
+@pytest.mark.slow
+def test_partial_reruns(tiny_study):
+    tmp_path, config = tiny_study
+    out = tmp_path / "results" / "tiny"
     assert "Nothing to be done" in snakemake("-n", "--configfile", str(config), cwd=tmp_path).stdout
-    run_dir = out / "runs" / "generated" / "ratio-0.5" / "resnet10t" / "seed-0"
-    shutil.rmtree(run_dir)
-    plan = snakemake(str(run_dir.relative_to(tmp_path) / "metrics.json"), "-n", "--configfile", str(config), cwd=tmp_path)
-    assert job_counts(plan.stdout) == {"train": 1, "evaluate": 1, "total": 2}
-    snakemake(str(run_dir.relative_to(tmp_path) / "metrics.json"), "--cores", "2", "--configfile", str(config), cwd=tmp_path)
-    assert (run_dir / "metrics.json").exists()
 
     # Changing a speed-only knob reruns nothing.
-    plan = snakemake("-n", "--configfile", str(config), "--config", "execution={generate_batch_size: 7, eval_batch_size: 3}", cwd=tmp_path, check=False)
-    assert "train" not in job_counts(plan.stdout) and "generate_shard" not in job_counts(plan.stdout)
+    plan = snakemake("-n", "--configfile", str(config), "--config", "execution={generate_batch_size: 7, eval_batch_size: 3}", cwd=tmp_path)
+    assert "Nothing to be done" in plan.stdout
+
+    # One run alone is rebuilt after its outputs go; a partial report names it.
+    run_dir = out / "runs" / "generated" / "ratio-0.5" / "resnet10t" / "seed-0"
+    backup = tmp_path / "backup-run"
+    shutil.copytree(run_dir, backup)
+    shutil.rmtree(run_dir)
+    partial = snakemake("results/tiny/report/index.html", "--cores", "2", "--configfile", str(config), "--config", "report={allow_missing_runs: true}", cwd=tmp_path)
+    page = (out / "report" / "index.html").read_text()
+    assert "Incomplete study" in page and "runs/generated/ratio-0.5/resnet10t/seed-0/metrics.json" in page, partial.stdout
+    target = str(run_dir.relative_to(tmp_path) / "metrics.json")
+    plan = snakemake(target, "-n", "--configfile", str(config), cwd=tmp_path)
+    assert job_counts(plan.stdout) == {"train": 1, "evaluate": 1, "total": 2}
+    snakemake(target, "--cores", "2", "--configfile", str(config), cwd=tmp_path)
+    assert json.loads((run_dir / "metrics.json").read_text())["test"] == json.loads((backup / "metrics.json").read_text())["test"]
+    snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
+    assert "Incomplete study" not in (out / "report" / "index.html").read_text()
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.mark.slow
+def test_report_in_a_real_browser(tiny_study, tmp_path):
+    """Open the report in headless Chromium as a reader would."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        message = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    study, _ = tiny_study
+    page = study / "results" / "tiny" / "report" / "index.html"
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.set_window_size(1300, 1000)
+        driver.get(page.as_uri())
+        images = driver.execute_script("return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
+        assert len(images) >= 2
+        broken = [src for src, complete, width in images if not complete or width == 0]
+        assert not broken, f"images that did not load: {broken}"
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+        cells = {cell.text.strip() for cell in driver.find_elements(By.TAG_NAME, "td")}
+        summary = pd.read_csv(study / "results" / "tiny" / "report" / "summary.csv")
+        for value in summary[(summary["test_set"] == "test") & (summary["metric"] == "top1")]["value"]:
+            assert f"{100 * value:.2f}" in cells  # the Runs table holds every number of summary.csv
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1300, min(int(height) + 100, 12000))
+        shot = tmp_path / "report.png"
+        driver.save_screenshot(str(shot))
+        shutil.copy(shot, study / "report-screenshot.png")
+        assert shot.stat().st_size > 10_000
+    finally:
+        driver.quit()

@@ -183,6 +183,17 @@ def check_semantics(config: dict) -> None:
                 if bad in src:
                     problems.append(f"{key}.{bad}: only for generated sources")
 
+    analysis = config.get("analysis", {})
+    if analysis.get("enabled", True):
+        if analysis.get("feature_extractor", "classifier") == "classifier":
+            model = analysis.get("classifier")
+            if model is not None and model not in config["models"]:
+                problems.append(f"analysis.classifier: {model!r} is not a key of models")
+            if not any(float(r) == 0 for r in config["mixing"]["ratios"]):
+                problems.append("analysis.feature_extractor: the classifier extractor uses the ratio-0 run; add 0.0 to mixing.ratios or use inception")
+        elif "inception_weights" not in analysis:
+            problems.append("analysis.inception_weights: required for the inception feature extractor")
+
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
@@ -206,6 +217,9 @@ def data_paths(config: dict) -> dict[str, str]:
         # starts like one. Only local folders can be checked offline.
         if model and (model.startswith(("/", ".", "~")) or Path(model).exists()):
             paths[f"generators.{name}.model"] = model
+    weights = config.get("analysis", {}).get("inception_weights")
+    if weights and config.get("analysis", {}).get("feature_extractor") == "inception":
+        paths["analysis.inception_weights"] = weights
     for name, ood in config.get("evaluation", {}).get("ood_sets", {}).items():
         paths[f"evaluation.ood_sets.{name}.root"] = ood["root"]
     return paths

@@ -59,6 +59,7 @@ wildcard_constraints:
     control_source=_alternatives(FOLDER_CONTROLS),
     generator=_alternatives(EMBEDDED_GENERATORS),
     model=_alternatives(config["models"]),
+    feature_set=_alternatives([BASELINE, *SOURCES]),
     ratio=r"[01]\.\d+",
     seed=r"\d+",
     shard=r"\d+",
@@ -187,13 +188,70 @@ def all_metrics():
     return [f"{OUT}/{run.path}/metrics.json" for run in contam_config.runs(config)]
 
 
+ANALYSIS = config.get("analysis", {})
+ANALYSIS_ON = ANALYSIS.get("enabled", True)
+
+
+def feature_set_index(wildcards):
+    """The images of a feature set: the real train split, or a contaminant pool."""
+    name = wildcards.feature_set
+    if name == BASELINE or (name in CONTROLS and name not in FOLDER_CONTROLS):
+        return real_index()
+    if name in GENERATED:
+        return f"{OUT}/generated/{name}.parquet"
+    return f"{OUT}/control/{name}/index.parquet"
+
+
+def feature_extractor_weights(wildcards):
+    """The classifier trained on real data only, when it is the feature extractor."""
+    if ANALYSIS.get("feature_extractor", "classifier") != "classifier":
+        return []
+    model = ANALYSIS.get("classifier") or next(iter(config["models"]))
+    seed = config["seeds"][0]
+    return f"{OUT}/runs/{BASELINE}/ratio-0.0/{model}/seed-{seed}/model.safetensors"
+
+
+def feature_settings(wildcards):
+    name = wildcards.feature_set
+    extractor = ANALYSIS.get("feature_extractor", "classifier")
+    model = ANALYSIS.get("classifier") or next(iter(config["models"]))
+    split = "train" if name == BASELINE else config["sources"].get(name, {}).get("real_split")
+    return {
+        "feature_set": name,
+        "split": split,
+        "extractor": extractor,
+        "model": config["models"][model] if extractor == "classifier" else None,
+        "num_classes": contam_config.num_classes(config),
+        "inception_weights": ANALYSIS.get("inception_weights"),
+        "max_per_class": ANALYSIS.get("max_per_class", 200),
+        "crop_ratio": config.get("evaluation", {}).get("crop_ratio", 0.875),
+        "seed": config["seed"],
+    }
+
+
+def analysis_outputs():
+    return [f"{OUT}/analysis/{s}.json" for s in SOURCES] if ANALYSIS_ON else []
+
+
+def reported_metrics():
+    """Every run's metrics; with report.allow_missing_runs, only those that exist."""
+    if config.get("report", {}).get("allow_missing_runs", False):
+        return [path for path in all_metrics() if os.path.exists(path)]
+    return all_metrics()
+
+
+def missing_runs(wildcards):
+    return sorted(set(all_metrics()) - set(reported_metrics()))
+
+
 def report_inputs(wildcards):
     inputs = {
-        "metrics": all_metrics(),
+        "metrics": reported_metrics(),
         "real": real_index(),
         "real_quality": f"{OUT}/real/quality.json",
         "generated": [f"{OUT}/generated/{s}.parquet" for s in GENERATED],
         "generated_counts": [f"{OUT}/generated/{s}.json" for s in GENERATED],
+        "analysis": analysis_outputs(),
     }
     return inputs
 

@@ -22,8 +22,8 @@ rule report:
     conda:
         "../../envs/report.yaml"
     params:
-        report=config.get("report", {}),
         arms=SOURCES,
-        seed=config["seed"],
+        missing_runs=missing_runs,
+        benchmark_dir=BENCH,
     script:
         "../scripts/report.py"

@@ -3,27 +3,25 @@
 import json
 from pathlib import Path
 
-from contam import report
-from contam import logs
+from contam import logs, report
 from contam.evaluate import software_versions
-from contam.io import read_parquet, write_text
+from contam.io import read_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0])
-out_dir = Path(sm.output.html).parent
-settings = sm.params.report
-tidy = report.tidy_metrics(sm.input.metrics)
-summary = report.summarise(report.with_shared_baseline(tidy, sm.params.arms))
-write_text(tidy.drop(columns="metrics_file").to_csv(index=False), sm.output.summary)
-report.plot_accuracy(summary, Path(sm.output.accuracy), settings.get("paper_reference", True))
-figures = {"accuracy": sm.output.accuracy}
-real = read_parquet(sm.input.real)
-for path in sm.input.generated:
-    name = Path(path).stem
-    grid = out_dir / "figures" / f"samples-{name}.png"
-    report.sample_grid(real[real["split"] == "train"], read_parquet(path), grid, settings.get("samples_per_class", 8), settings.get("max_classes_shown", 10), sm.params.seed, name)
-    figures[f"samples:{name}"] = str(grid)
 quality = {"real": json.loads(Path(sm.input.real_quality).read_text())}
-quality.update({Path(p).stem: json.loads(Path(p).read_text()) for p in sm.input.generated_counts})
-report.write_html(out_dir, sm.config, summary, tidy, figures, quality, missing=[], versions=software_versions())
-log.info("report written to %s", sm.output.html)
+quality.update({f"generated:{Path(p).stem}": json.loads(Path(p).read_text()) for p in sm.input.generated_counts})
+written = report.build_report(
+    out_dir=Path(sm.output.html).parent,
+    config=sm.config,
+    metric_files=list(sm.input.metrics),
+    missing_runs=sm.params.missing_runs,
+    arms=sm.params.arms,
+    real_index=read_parquet(sm.input.real),
+    generated={Path(p).stem: read_parquet(p) for p in sm.input.generated},
+    quality=quality,
+    analysis_files=list(sm.input.analysis),
+    benchmark_dir=sm.params.benchmark_dir,
+    versions=software_versions(),
+)
+log.info("report written: %s", {k: str(v) for k, v in written.items()})
