@@ -76,5 +76,6 @@ def tiny_config(default: dict) -> dict:
     config["mixing"]["ratios"] = [0.0, 0.5, 1.0]
     config["training"]["epochs"] = 2
     config["models"] = {"resnet10t": {"arch": "resnet10t", "image_size": 16}}
+    config["analysis"].update(classifier="resnet10t", max_per_class=20)
     config["seeds"] = [0]
     return config

@@ -37,26 +37,53 @@ def replaced_per_class(class_sizes: np.ndarray, ratio: float) -> np.ndarray:
 
 
 def rank_within_class(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Position of each item among its class when sorted by key (0 = smallest)."""
-    order = np.lexsort((keys, labels))
+    """Position of each item among its class when sorted by key (0 = smallest).
+
+    Keys lie in [0, 1), so ``label + key`` sorts by class, then key, in one argsort.
+    """
+    order = np.argsort(labels.astype(np.float64) + keys)
     sorted_labels = labels[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_labels)) + 1]
     run_lengths = np.diff(np.r_[starts, len(labels)])
-    ranks_sorted = np.arange(len(labels)) - np.repeat(starts, run_lengths)
     ranks = np.empty(len(labels), dtype=np.int64)
-    ranks[order] = ranks_sorted
+    ranks[order] = np.arange(len(labels)) - np.repeat(starts, run_lengths)
     return ranks
 
 
-def _blank(frame: pd.DataFrame) -> pd.DataFrame:
-    out = pd.DataFrame({"path": frame["path"].to_numpy(), "label": frame["label"].to_numpy(np.int64), "class_name": frame["class_name"].to_numpy()})
-    out["origin"] = frame["origin"].to_numpy() if "origin" in frame else "real"
-    out["source"] = frame["source"].to_numpy() if "source" in frame else "real"
-    for column in ("prompt", "generator"):
-        out[column] = frame[column].to_numpy() if column in frame else None
-    out["seed"] = pd.array(frame["seed"].to_numpy() if "seed" in frame else [pd.NA] * len(frame), dtype="Int64")
-    out["replaces"] = None
-    return out
+def _as_manifest(frame: pd.DataFrame, origin: str | None = None, source: str | None = None) -> pd.DataFrame:
+    """``frame``'s rows with the manifest's columns and types (no Python objects per row)."""
+    n = len(frame)
+
+    zeros = np.zeros(n, dtype=np.intp)
+
+    def text(column: str, constant: str | None = None) -> pd.Series:
+        # Columns stay Arrow strings end to end: a Python object per row would
+        # cost seconds and gigabytes at ImageNet scale.
+        if constant is not None or column not in frame:
+            return pd.Series(pd.array([constant], dtype="str")).take(zeros).reset_index(drop=True)
+        return frame[column].astype("str").reset_index(drop=True)
+
+    seeds = frame["seed"].to_numpy() if "seed" in frame else np.full(n, pd.NA)
+    return pd.DataFrame(
+        {
+            "path": text("path"),
+            "label": frame["label"].to_numpy(np.int64),
+            "class_name": text("class_name"),
+            "origin": text("origin", origin or (None if "origin" in frame else "real")),
+            "source": text("source", source or (None if "source" in frame else "real")),
+            "prompt": text("prompt"),
+            "seed": pd.array(seeds, dtype="Int64"),
+            "generator": text("generator"),
+            "replaces": text("replaces"),
+        }
+    )
+
+
+def _sorted_by_path(frame: pd.DataFrame) -> pd.DataFrame:
+    # Indexes are written sorted by path; checking is cheaper than re-sorting.
+    if frame["path"].is_monotonic_increasing:
+        return frame.reset_index(drop=True)
+    return frame.sort_values("path", ignore_index=True)
 
 
 def mix(
@@ -67,21 +94,24 @@ def mix(
     source: str,
     origin: str,
 ) -> pd.DataFrame:
-    """The manifest for one (source, ratio). ``contaminant`` may be None at ratio 0."""
-    real = real_train.sort_values("path", ignore_index=True)
+    """The manifest for one (source, ratio). ``contaminant`` may be None at ratio 0.
+
+    Rows keep the order of the real images sorted by path; each replaced real
+    image's row holds its replacement.
+    """
+    real = _sorted_by_path(real_train)
     labels = real["label"].to_numpy(np.int64)
     num_labels = int(labels.max()) + 1 if len(labels) else 0
     real_rank = rank_within_class(labels, rng(seed, "mix", "real").random(len(real)))
     sizes = np.bincount(labels, minlength=num_labels)
     k = replaced_per_class(sizes, ratio)
-    manifest = _blank(real)
     replace = real_rank < k[labels]
     if not replace.any():
-        return manifest[MANIFEST_COLUMNS]
+        return _as_manifest(real, origin="real", source="real")[MANIFEST_COLUMNS]
     if contaminant is None or contaminant.empty:
         raise NotEnoughImages(f"source {source!r} has no images, but ratio {ratio} replaces {int(replace.sum())}")
 
-    pool = contaminant.sort_values("path", ignore_index=True)
+    pool = _sorted_by_path(contaminant)
     pool_labels = pool["label"].to_numpy(np.int64)
     available = np.bincount(pool_labels, minlength=num_labels)[:num_labels]
     short = np.flatnonzero(available < k)
@@ -93,26 +123,20 @@ def mix(
             "generate more images per class or lower the ratio"
         )
     pool_rank = rank_within_class(pool_labels, rng(seed, "mix", source).random(len(pool)))
-    wanted = pool_rank < k[np.minimum(pool_labels, max(num_labels - 1, 0))]
-    wanted &= pool_labels < num_labels
+    in_range = pool_labels < num_labels
+    wanted = in_range & (pool_rank < k[np.where(in_range, pool_labels, 0)])
     chosen = np.flatnonzero(wanted)
     replaced = np.flatnonzero(replace)
     # Both sides hold exactly the (class, rank) pairs rank < k_c, so sorting each
     # by (class, rank) pairs the r-th replaced image of c with the r-th chosen one.
     chosen = chosen[np.lexsort((pool_rank[chosen], pool_labels[chosen]))]
     replaced = replaced[np.lexsort((real_rank[replaced], labels[replaced]))]
-    incoming = _blank(pool.iloc[chosen])
-    incoming["origin"] = origin
-    incoming["source"] = source
-    incoming["replaces"] = real["path"].to_numpy()[replaced]
-    columns = {}
-    for column in MANIFEST_COLUMNS:
-        values = manifest[column].to_numpy(dtype=object, copy=True)
-        values[replaced] = incoming[column].to_numpy(dtype=object)
-        columns[column] = values
-    out = pd.DataFrame(columns)
-    out["label"] = out["label"].astype(np.int64)
-    out["seed"] = pd.array(out["seed"], dtype="Int64")
-    for column in ("path", "class_name", "origin", "source", "prompt", "generator", "replaces"):
-        out[column] = out[column].astype(object).where(out[column].notna(), None)
-    return out[MANIFEST_COLUMNS]
+    kept = np.flatnonzero(~replace)
+    incoming = pool.iloc[chosen].reset_index(drop=True).assign(replaces=real["path"].to_numpy()[replaced])
+    parts = [
+        _as_manifest(real.iloc[kept], origin="real", source="real"),
+        _as_manifest(incoming, origin=origin, source=source),
+    ]
+    out = pd.concat(parts, ignore_index=True)
+    position = np.concatenate([kept, replaced])
+    return out.take(np.argsort(position, kind="stable")).reset_index(drop=True)[MANIFEST_COLUMNS]

@@ -1,0 +1,290 @@
+"""The workflow on a REAL single-node SLURM cluster (`snakemake --profile slurm`).
+
+tests/slurm/start_cluster.sh starts slurmctld + slurmd + slurmdbd (accounting)
+on this machine: partition ``debug``, account ``contam``, 2 CPUs, 2 fake GPUs.
+The tiny study then runs through the site profile ``slurm/`` with command-line
+overrides for that cluster, and the tests check what SLURM itself recorded
+(``sacct``): which rules were submitted with sbatch, with which requests, which
+job was cancelled and resubmitted.
+
+Needs root (apt-get install of slurm-wlm/munge/slurmdbd/mariadb if missing,
+daemons running as root). Without root or packages the module is skipped, except
+under CI (env CI set), where it fails: CI must really run it.
+
+    sudo .venv/bin/python -m pytest -q -m slurm tests/test_slurm.py
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, snakemake_env, tiny_config, write_yaml
+from contam.io import file_sha256
+
+pytestmark = pytest.mark.slurm
+
+START, STOP = REPO / "tests" / "slurm" / "start_cluster.sh", REPO / "tests" / "slurm" / "stop_cluster.sh"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+PREFIX = "contam"  # slurm-jobname-prefix of the site profile slurm/config.yaml
+NON_LOCAL = {"index_real", "fit_generator", "generate_shard", "train", "evaluate", "extract_features", "index_control", "index_ood"}
+LOCAL = {"all", "build_prompts", "gather_generated", "mix", "report", "compare_distributions"}
+RUN = "runs/generated/ratio-0.5/resnet10t/seed-0"  # the run the rerun tests remove
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+# The site profile for real, plus what differs on the local test cluster: its
+# partition and account, and short waits (the profile's 40 s before the first
+# status check would make every job cost 40 s here). --default-resources on the
+# command line replaces the profile's whole list, so it repeats mem_mb/runtime.
+CLUSTER_ARGS = [
+    "--profile", str(REPO / "slurm"),
+    "--default-resources", "slurm_partition=debug", "slurm_account=contam", "mem_mb=500", "runtime=10",
+    "--slurm-init-seconds-before-status-checks", "1",
+    "--seconds-between-status-checks", "2",
+    "--latency-wait", "5",
+    "--jobs", "4",
+    "--verbose",  # the plugin logs each "sbatch call: ..." line
+]
+
+
+def _unavailable(message: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"SLURM tests must run in CI: {message}")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A running local SLURM cluster; yields the environment for SLURM clients and Snakemake."""
+    if os.geteuid() != 0:
+        _unavailable("needs root to start the local SLURM cluster (tests/slurm/start_cluster.sh)")
+    have_slurm = all(shutil.which(t) for t in ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "munged"))
+    if not have_slurm and not shutil.which("apt-get"):
+        _unavailable("slurm-wlm/slurmdbd/munge are not installed and apt-get is not available")
+    env = snakemake_env()
+    try:
+        started = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        _unavailable("tests/slurm/start_cluster.sh did not finish within 600 s")
+    if started.returncode != 0:
+        _unavailable(f"tests/slurm/start_cluster.sh failed:\n{started.stdout[-2000:]}\n{started.stderr[-3000:]}")
+    conf = re.search(r"SLURM_CONF=(\S+)", started.stdout)
+    assert conf, started.stdout
+    env["SLURM_CONF"] = conf.group(1)
+    print(started.stdout.strip().splitlines()[-1])
+    try:
+        yield env
+    finally:
+        subprocess.run(["bash", str(STOP)], env=env, capture_output=True, text=True, timeout=180)
+
+
+def snakemake(*args, cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    counts, in_table = {}, False
+    for line in dry_run_output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table, counts = True, {}
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif counts:
+                in_table = False
+    counts.pop("total", None)
+    return counts
+
+
+def run_uuid(log: str) -> str:
+    """The job name the plugin gave every sbatch of one Snakemake invocation."""
+    names = set(re.findall(rf"--job-name ({PREFIX}_[0-9a-f-]{{36}})", log))
+    assert len(names) == 1, f"expected one SLURM job name per invocation, got {names}"
+    return names.pop()
+
+
+def sbatch_lines(log: str) -> list[str]:
+    return [line.split("sbatch call: ", 1)[1] for line in log.splitlines() if "sbatch call: " in line]
+
+
+def rule_of(comment: str) -> str:
+    """``rule_train_wildcards_real_0.0_resnet10t_0`` -> ``train``."""
+    match = re.fullmatch(r"rule_(.+?)(?:_wildcards_.*)?", comment)
+    assert match, comment
+    return match.group(1)
+
+
+def sacct(env: dict, job_name: str, submissions: int) -> list[dict]:
+    """SLURM's accounting records of one invocation's jobs, once all have reached slurmdbd."""
+    fields = ["JobID", "JobName", "State", "Comment", "ReqTRES", "Timelimit", "Submit"]
+    since = (dt.datetime.now() - dt.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S")
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-S", since, "--name", job_name, "-o", ",".join(fields)],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout
+        records = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+        settled = len(records) >= submissions and all(r["State"].split()[0] in TERMINAL for r in records)
+        if settled or time.monotonic() > deadline:
+            assert len(records) == submissions, f"sbatch was called {submissions} times, sacct has:\n{out}"
+            return records
+        time.sleep(1)
+
+
+def invocation(result: subprocess.CompletedProcess, env: dict) -> dict:
+    log = result.stdout + result.stderr
+    lines = sbatch_lines(log)
+    name = run_uuid(log)
+    records = sacct(env, name, len(lines))
+    return {"log": log, "sbatch": lines, "name": name, "records": records}
+
+
+@pytest.fixture(scope="module")
+def study(cluster, tmp_path_factory):
+    """The tiny study run through `--profile slurm`, with SLURM's records of it."""
+    root = tmp_path_factory.mktemp("slurm-study")
+    config = tiny_config(copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
+    config["resources"]["train"]["gpu"] = 1  # a GPU rule: sbatch --gpus=1 on the fake GPUs
+    config_path = write_yaml(root / "tiny.yaml", config)
+    plan = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", str(config_path), cwd=root, env=cluster).stdout)
+    start = time.perf_counter()
+    result = snakemake(*CLUSTER_ARGS, "--configfile", str(config_path), cwd=root, env=cluster)
+    seconds = time.perf_counter() - start
+    print(f"tiny study on SLURM: {seconds:.0f} s")
+    return {"root": root, "config": config_path, "plan": plan, "seconds": seconds, **invocation(result, cluster)}
+
+
+def test_study_runs_through_the_slurm_profile(study):
+    out = study["root"] / "results" / "tiny"
+    assert (out / "report" / "index.html").exists()
+    # every job of the SLURM run started the venv's Python (found through --export=ALL)
+    for line in study["sbatch"]:
+        assert "--export=ALL" in line and f"--wrap=\"{sys.executable} -m snakemake" in line, line
+    # the site profile was used: its job name prefix and its SLURM log folder
+    assert study["name"].startswith(f"{PREFIX}_")
+    assert list((study["root"] / ".snakemake" / "slurm_logs" / "rule_train").glob("*/*.log"))
+
+
+def test_slurm_records_every_non_local_job_and_no_local_one(study):
+    records = study["records"]
+    assert all(r["State"] == "COMPLETED" for r in records), records
+    submitted = Counter(rule_of(r["Comment"]) for r in records)
+    expected = {rule: n for rule, n in study["plan"].items() if rule in NON_LOCAL}
+    assert set(study["plan"]) <= NON_LOCAL | LOCAL, f"a rule neither local nor known to run on SLURM: {study['plan']}"
+    assert dict(submitted) == expected
+    assert not set(submitted) & LOCAL
+    # the local rules ran in the main Snakemake process instead
+    for rule in LOCAL & set(study["plan"]):
+        assert re.search(rf"localrule {rule}:", study["log"]), rule
+
+    # a GPU rule asked SLURM for a GPU; the others did not
+    for r in records:
+        gpu = "gres/gpu=1" in r["ReqTRES"]
+        assert gpu == (rule_of(r["Comment"]) == "train"), r
+    train = [line for line in study["sbatch"] if "--comment rule_train_" in line]
+    assert len(train) == study["plan"]["train"] and all(" --gpus=1 " in line for line in train)
+    assert all("--gpus" not in line for line in study["sbatch"] if "--comment rule_train_" not in line)
+    # sizes come from the experiment config's resources: (attempt 1), not from the profile's defaults
+    assert all(" -t 30 " in line and " --mem 2000 " in line for line in train)
+    assert all(" -t 15 " in line for line in study["sbatch"] if "--comment rule_evaluate_" in line)
+    assert all(" -A contam " in line and " -p debug " in line for line in study["sbatch"])
+
+
+def test_gpu_jobs_fall_back_to_cpu(study, cluster):
+    """A --gpus=1 job gets a fake GPU (CUDA_VISIBLE_DEVICES set) but torch finds no CUDA: device auto -> cpu."""
+    probe = (
+        "import os, torch; from contam.devices import pick_device; "
+        "print(os.environ.get('CUDA_VISIBLE_DEVICES'), torch.cuda.is_available(), pick_device('auto'))"
+    )
+    result = subprocess.run(
+        ["srun", "-p", "debug", "-A", "contam", "--gpus=1", "--mem", "1000", "-t", "5", sys.executable, "-c", probe],
+        env=cluster, capture_output=True, text=True, timeout=300, check=True,
+    )
+    assert result.stdout.split() == ["0", "False", "cpu"], result.stdout + result.stderr
+
+
+def test_outputs_match_a_local_run(study, cluster, tmp_path):
+    out = study["root"] / "results" / "tiny"
+    runs = sorted(out.glob("runs/*/ratio-*/*/seed-*"))
+    assert len(runs) == study["plan"]["train"] == 5
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert 0.0 <= metrics["test"]["top1"] <= 1.0, run
+
+    local_env = {k: v for k, v in cluster.items() if not k.startswith("SLURM")}
+    targets = ["results/tiny/real/index.parquet", "results/tiny/manifests/control/ratio-0.5.parquet", "results/tiny/manifests/real/ratio-0.0.parquet"]
+    snakemake(*targets, "--cores", "2", "--configfile", str(study["config"]), cwd=tmp_path, env=local_env)
+    for target in targets:
+        assert file_sha256(tmp_path / target) == file_sha256(study["root"] / target), target
+
+
+def test_partial_rerun_submits_only_that_runs_jobs(study, cluster):
+    root, config = study["root"], study["config"]
+    shutil.rmtree(root / "results" / "tiny" / RUN, ignore_errors=True)
+    plan = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=root, env=cluster).stdout)
+    assert {rule: n for rule, n in plan.items() if rule in NON_LOCAL} == {"train": 1, "evaluate": 1}
+    rerun = invocation(snakemake(*CLUSTER_ARGS, "--configfile", str(config), cwd=root, env=cluster), cluster)
+    assert sorted(r["Comment"] for r in rerun["records"]) == [
+        "rule_evaluate_wildcards_generated_0.5_resnet10t_0",
+        "rule_train_wildcards_generated_0.5_resnet10t_0",
+    ]
+    assert all(r["State"] == "COMPLETED" for r in rerun["records"])
+    assert (root / "results" / "tiny" / RUN / "metrics.json").exists()
+
+
+def test_scancel_is_an_error_and_retried(study, cluster):
+    """A job killed from outside (scancel, like a preemption) fails and --retries resubmits it, bigger."""
+    root, config = study["root"], study["config"]
+    run_dir = root / "results" / "tiny" / RUN
+    shutil.rmtree(run_dir, ignore_errors=True)
+    target = f"results/tiny/{RUN}/model.safetensors"
+    args = [*SNAKEMAKE, target, *CLUSTER_ARGS, "--retries", "1", "--configfile", str(config)]
+    with (root / "scancel.log").open("w+") as log:
+        proc = subprocess.Popen(args, cwd=root, env=cluster, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            job_id, deadline = None, time.monotonic() + 120
+            while job_id is None and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+                log.seek(0)
+                name = re.findall(rf"--job-name ({PREFIX}_[0-9a-f-]{{36}})", log.read())
+                if name:
+                    running = subprocess.run(["squeue", "-h", "-t", "R", "--name", name[0], "-o", "%i"],
+                                             env=cluster, capture_output=True, text=True).stdout.split()
+                    job_id = running[0] if running else None
+            assert job_id, "the train job never ran"
+            time.sleep(2)  # let it start working
+            subprocess.run(["scancel", job_id], env=cluster, check=True)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        log.seek(0)
+        text = log.read()
+    assert proc.returncode == 0, text[-6000:]
+    assert "Error in rule train" in text and "CANCELLED" in text, text[-6000:]
+    records = sacct(cluster, run_uuid(text), len(sbatch_lines(text)))
+    states = [(r["JobID"], r["State"].split()[0], rule_of(r["Comment"])) for r in records]
+    assert states == [(job_id, "CANCELLED", "train"), (states[1][0], "COMPLETED", "train")], states
+    # attempt 2 asked for more: runtime and memory grow with the attempt (growth 2.0)
+    first, second = sbatch_lines(text)
+    assert " -t 30 " in first and " --mem 2000 " in first
+    assert " -t 60 " in second and " --mem 4000 " in second
+    assert (run_dir / "model.safetensors").exists()
