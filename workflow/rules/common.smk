@@ -215,7 +215,11 @@ def feature_settings(wildcards):
     name = wildcards.feature_set
     extractor = ANALYSIS.get("feature_extractor", "classifier")
     model = ANALYSIS.get("classifier") or next(iter(config["models"]))
-    split = "train" if name == BASELINE else config["sources"].get(name, {}).get("real_split")
+    split = (
+        "train"
+        if name == BASELINE
+        else config["sources"].get(name, {}).get("real_split")
+    )
     return {
         "feature_set": name,
         "split": split,
