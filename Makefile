@@ -49,6 +49,8 @@ dryrun-imagenet: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/mix.py
+	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake

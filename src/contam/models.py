@@ -9,6 +9,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from contam.images import load_rgb
+from contam.seeds import image_seeds
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, timm's default
 STD = (0.229, 0.224, 0.225)
@@ -42,7 +43,14 @@ def eval_transform(image_size: int, crop_ratio: float = 0.875) -> v2.Compose:
 
 
 class ManifestDataset(Dataset):
-    """Images listed in a manifest or index (``path``, ``label``), decoded with PIL."""
+    """Images listed in a manifest or index (``path``, ``label``), decoded with PIL.
+
+    An item key is an index, or ``(index, seed)``: then the random transform
+    draws from a generator seeded with ``seed`` alone (the global RNG of the
+    calling process is left as it was). So an augmented image is a function of
+    (seed, epoch, image) only, the same in the main process or in any worker, on
+    any rank and after any resume; ``num_workers`` never changes results.
+    """
 
     def __init__(self, table: pd.DataFrame, transform):
         self.paths = table["path"].astype(str).to_numpy()
@@ -52,23 +60,65 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        return self.transform(load_rgb(self.paths[i])), self.labels[i]
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            i, seed = key
+            image = load_rgb(self.paths[i])
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(int(seed))
+                return self.transform(image), self.labels[i]
+        return self.transform(load_rgb(self.paths[key])), self.labels[key]
+
+
+def shard_order(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s share of a global order: every ``world_size``-th item.
+
+    The order is first padded by wrapping around to a multiple of
+    ``world_size``, so every rank gets the same number of items (and of
+    batches, which DistributedDataParallel needs). One rank gets ``order``.
+    """
+    if world_size == 1:
+        return order
+    per_rank = -(-len(order) // world_size)
+    padded = np.resize(order, per_rank * world_size) if len(order) else order
+    return padded[rank::world_size]
 
 
 class EpochSampler(Sampler):
     """A shuffle that depends only on (seed, epoch), started at any position.
 
-    Resuming mid-epoch from a checkpoint replays the same order and skips the
-    batches already seen, without decoding them.
+    Every rank computes the same global permutation and takes its own slice
+    (``shard_order``). Resuming mid-epoch from a checkpoint replays the same
+    order and skips the ``start`` items (of this rank) already seen, without
+    decoding them. With ``with_seeds`` it yields ``(index, augmentation seed)``
+    keys for ManifestDataset. ``set_epoch`` moves one sampler (and so one
+    DataLoader with persistent workers) to the next epoch.
     """
 
-    def __init__(self, size: int, seed: int, epoch: int, start: int = 0):
-        self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+    def __init__(self, size: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0, world_size: int = 1, with_seeds: bool = False):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.size, self.seed, self.rank, self.world_size, self.with_seeds = size, seed, rank, world_size, with_seeds
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    @property
+    def per_rank(self) -> int:
+        return -(-self.size // self.world_size)
+
+    def order(self) -> np.ndarray:
+        """This rank's indices for the whole epoch (before skipping ``start``)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return shard_order(torch.randperm(self.size, generator=g).numpy(), self.rank, self.world_size)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=g)[self.start :].tolist())
+        indices = self.order()[self.start :]
+        if not self.with_seeds:
+            return iter(indices.tolist())
+        seeds = image_seeds(self.seed * 1_000_003 + self.epoch, indices)
+        return iter(zip(indices.tolist(), seeds.tolist()))
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return max(0, self.per_rank - self.start)

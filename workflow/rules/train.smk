@@ -17,6 +17,8 @@ rule train:
         gpu=gpus_of("train"),
     params:
         settings=run_settings,
+    # With resources.gpu > 1 the script starts one process per GPU through
+    # `accelerate launch` (contam.train_cli); otherwise it trains in-process.
     script:
         "../scripts/train.py"
 
