@@ -69,16 +69,13 @@ def evaluate_sets(model, model_config: dict, sets: dict[str, pd.DataFrame], num_
 
 
 def software_versions() -> dict:
-    import diffusers
-    import timm
-    import torchvision
+    """Installed versions, read from package metadata (importing diffusers costs seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "diffusers": diffusers.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-    }
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "torchvision", "timm", "diffusers", "transformers", "accelerate", "numpy", "pandas", "snakemake"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions

@@ -206,7 +206,9 @@ def accuracy_table(summary: pd.DataFrame, test_set: str = "test") -> pd.DataFram
     data["ratio"] = [f"{100 * r:g} %" for r in data["ratio"]]
     wide = data.pivot_table(index=["model", "source"], columns="ratio", values="cell", aggfunc="first", sort=False).reset_index()
     ordered = ["model", "source"] + sorted([c for c in wide.columns if c.endswith("%")], key=lambda c: float(c[:-2]))
-    return wide[ordered]
+    wide = wide[ordered]
+    wide.columns.name = None  # else to_html shows an empty "ratio" column
+    return wide
 
 
 STYLE = (
@@ -293,6 +295,7 @@ def build_report(
     hurt = classes_hurt_most(per_class_metrics(metric_files), class_names)
     if len(hurt):
         shown = hurt.copy()
+        shown["ratio"] = [f"{100 * r:g} %" for r in shown["ratio"]]
         for column in ("top1_at_0", "top1_at_ratio"):
             shown[column] = [f"{100 * v:.1f}" for v in shown[column]]
         shown["drop"] = [f"{100 * v:+.1f}" for v in shown["drop"]]

@@ -6,10 +6,9 @@
 #
 #   CONTAM_SLURM_DIR   state dir (default /tmp/contam-slurm)
 #   --purge            additionally delete the whole state dir (config, DB,
-#                      accounting history, logs) and our /etc/slurm/slurm.conf
-#                      symlink.  Without it, logs/DB/state are kept so tests
-#                      can still read $CONTAM_SLURM_DIR/log/* after stopping
-#                      and a later start keeps job ids and sacct history.
+#                      accounting history, logs). Without it, tests can still
+#                      read $CONTAM_SLURM_DIR/log/* after stopping and a later
+#                      start keeps job ids and sacct history.
 set -euo pipefail
 
 STATE=${CONTAM_SLURM_DIR:-/tmp/contam-slurm}
@@ -74,8 +73,11 @@ else
     rm -f "$STATE/munge/munge.socket" "$STATE/munge/munge.socket.lock" "$RUN/mysqld.sock"
 fi
 
-if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$STATE/etc/slurm.conf" ] &&
-   [ $PURGE = 1 ]; then
+# Always remove our /etc/slurm/slurm.conf link: with it in place but no
+# slurmctld, every SLURM client (and the executor plugin, which runs
+# `scontrol show config` whenever Snakemake starts) retries for ~10 s.
+# start_cluster.sh puts it back.
+if [ -L /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" = "$STATE/etc/slurm.conf" ]; then
     rm -f /etc/slurm/slurm.conf
 fi
 if [ $PURGE = 1 ]; then
