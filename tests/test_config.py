@@ -78,3 +78,13 @@ def test_timm_model_list_matches_installed_timm():
     import timm
 
     assert cfg.known_timm_models() == set(timm.list_models())
+
+
+def test_command_line_overrides_get_yaml_types():
+    # What snakemake hands over for: seeds='[0,1]' training='{epochs: 20, precision: bf16}' experiment=007
+    raw = {"seeds": ["0", "1"], "training": {"epochs": "20", "precision": "bf16", "augment": {"hflip": "false"}}, "experiment": "007", "x": {"t": "photo of {name}", "n": "null"}}
+    typed = cfg.typed_overrides(raw)
+    assert typed["seeds"] == [0, 1]
+    assert typed["training"] == {"epochs": 20, "precision": "bf16", "augment": {"hflip": False}}
+    assert typed["experiment"] == "007"  # top-level values are typed by snakemake itself
+    assert typed["x"] == {"t": "photo of {name}", "n": None}

@@ -22,6 +22,30 @@ class ConfigError(ValueError):
     """A config problem; the message starts with the offending key."""
 
 
+def typed_overrides(overrides: Any, depth: int = 0) -> Any:
+    """Give ``--config`` values inside lists and mappings their YAML types.
+
+    Snakemake parses ``--config key=value`` with int/float/bool parsers, but the
+    items of a list or mapping (``seeds='[0,1]'``, ``training='{epochs: 20}'``)
+    stay strings. Numbers, booleans and nulls among them are converted; other
+    strings (templates, paths) are left alone.
+    """
+    if isinstance(overrides, dict):
+        return {k: typed_overrides(v, depth + 1) for k, v in overrides.items()}
+    if isinstance(overrides, list):
+        return [typed_overrides(v, depth + 1) for v in overrides]
+    if isinstance(overrides, str) and depth > 1:
+        import yaml
+
+        try:
+            value = yaml.safe_load(overrides)
+        except yaml.YAMLError:
+            return overrides
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+    return overrides
+
+
 def ratio_tag(ratio: float) -> str:
     """Canonical text of a ratio in paths: 0 -> '0.0', 0.4 -> '0.4', 1 -> '1.0'."""
     text = f"{round(float(ratio), 6):.6f}".rstrip("0")

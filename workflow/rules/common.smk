@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version, update_config, validate
 
 min_version("9.0")
 
@@ -19,6 +19,9 @@ os.environ.update(
 from contam import config as contam_config
 from contam import resources as contam_resources
 
+update_config(
+    config, contam_config.typed_overrides(workflow.config_settings.overwrite_config)
+)
 validate(config, "../schemas/config.schema.yaml")
 try:
     contam_config.check_semantics(config)

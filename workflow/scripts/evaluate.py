@@ -9,6 +9,7 @@ log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
 execution = sm.config.get("execution", {})
 device = pick_device(execution.get("device", "auto"))
+log.info("device: %s", device)
 model = evaluate.load_classifier(sm.input.weights, settings["model"], settings["num_classes"], device)
 real = read_parquet(sm.input.real)
 sets = {"test": real[real["split"] == "test"]}

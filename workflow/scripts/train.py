@@ -13,6 +13,7 @@ execution = sm.config.get("execution", {})
 fingerprint = stable_hash({"settings": settings, "manifest": file_sha256(sm.input.manifest)})
 out_dir = str(sm.output.weights).rsplit("/", 1)[0]
 device = pick_device(execution.get("device", "auto"))
+log.info("device: %s", device)
 num_workers = execution.get("num_workers", 0)
 gpus = int(sm.resources.get("gpu", 0) or 0)
 if gpus > 1:
