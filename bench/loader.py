@@ -17,31 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from contam.models import ManifestDataset, eval_transform
-
-
-def make_images(root: Path, count: int, classes: int, side: int) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    rows = []
-    base = rng.integers(0, 255, (side // 8, side // 8, 3), dtype=np.uint8)
-    for i in range(count):
-        label = i % classes
-        folder = root / f"c{label:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        # Smooth content plus noise: JPEG sizes like photos, not like pure noise.
-        image = Image.fromarray(np.roll(base, i, axis=0)).resize((side, side), Image.BILINEAR)
-        array = np.asarray(image).astype(np.int16) + rng.integers(-20, 20, (side, side, 3))
-        path = folder / f"{i:05d}.jpg"
-        Image.fromarray(array.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-        rows.append((str(path), label))
-    return pd.DataFrame(rows, columns=["path", "label"])
+from synthetic_images import make_jpegs
 
 
 def rate(dataset, batch_size: int, workers: int) -> float:
@@ -65,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        table = make_images(Path(tmp), args.images, args.classes, args.side)
+        table = make_jpegs(Path(tmp), args.images, args.classes, args.side)
         print(f"wrote {len(table)} JPEGs of {args.side}x{args.side} in {time.perf_counter() - start:.1f} s")
         transform = eval_transform(args.image_size)
         ours = ManifestDataset(table, transform)

@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 
 from contam import train
 from contam.devices import DTYPES, pick_device
 from contam.models import create_model, train_transform
+from synthetic_images import make_jpegs
 
 CLASSES = 10
 
@@ -98,21 +98,6 @@ def ours(args, device, manifest, dataset, out: Path) -> float:
     return float(pd.read_csv(out / "train_log.csv")["images_per_s"].iloc[1])
 
 
-def make_jpegs(root: Path, count: int, side: int) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (max(1, side // 8), max(1, side // 8), 3), dtype=np.uint8)
-    rows = []
-    for i in range(count):
-        folder = root / f"c{i % CLASSES:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        image = Image.fromarray(np.roll(base, i, axis=1)).resize((side, side), Image.BILINEAR)
-        array = np.asarray(image).astype(np.int16) + rng.integers(-20, 20, (side, side, 3))
-        path = folder / f"{i:06d}.jpg"
-        Image.fromarray(array.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-        rows.append((str(path), i % CLASSES))
-    return pd.DataFrame(rows, columns=["path", "label"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="resnet18")
@@ -142,7 +127,7 @@ def main() -> None:
         index = pd.DataFrame({"path": ["-"] * n, "label": np.arange(n) % CLASSES})
         results["contam, synthetic"] = ours(args, device, index, synthetic, tmp / "ours-synthetic")
         side = int(round(args.image_size * 8 / 7))
-        manifest = make_jpegs(tmp / "images", n, side)
+        manifest = make_jpegs(tmp / "images", n, CLASSES, side)
         transform = train_transform(args.image_size, {})
         folder = DataLoader(
             ImageFolder(tmp / "images", transform=transform), batch_size=args.batch_size, shuffle=True,

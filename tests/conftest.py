@@ -1,5 +1,7 @@
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,33 @@ def make_image_folder(tmp_path):
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def run_snakemake(*args, cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Run the workflow as a user would (targets go before --configfile, which takes several values)."""
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env or snakemake_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """The "Job stats" table of a dry run, as {rule: count} (with "total")."""
+    counts, in_table = {}, False
+    for line in dry_run_output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table, counts = True, {}
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif counts:
+                in_table = False
+    return counts
 
 
 def snakemake_env() -> dict:

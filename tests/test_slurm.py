@@ -31,13 +31,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, snakemake_env, tiny_config, write_yaml
+from conftest import REPO, SNAKEMAKE, run_snakemake, snakemake_env, tiny_config, write_yaml
+from conftest import job_counts as all_job_counts
 from contam.io import file_sha256
 
 pytestmark = pytest.mark.slurm
 
 START, STOP = REPO / "tests" / "slurm" / "start_cluster.sh", REPO / "tests" / "slurm" / "stop_cluster.sh"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 PREFIX = "contam"  # slurm-jobname-prefix of the site profile slurm/config.yaml
 NON_LOCAL = {"index_real", "fit_generator", "generate_shard", "train", "evaluate", "extract_features", "index_control", "index_ood"}
 LOCAL = {"all", "build_prompts", "gather_generated", "mix", "report", "compare_distributions"}
@@ -91,24 +91,11 @@ def cluster():
 
 
 def snakemake(*args, cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
-    return result
+    return run_snakemake(*args, cwd=cwd, env=env, check=check, timeout=900)
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:
-    counts, in_table = {}, False
-    for line in dry_run_output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table, counts = True, {}
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            elif counts:
-                in_table = False
+    counts = all_job_counts(dry_run_output)
     counts.pop("total", None)
     return counts
 

@@ -12,32 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, snakemake_env, tiny_config, write_yaml
+from conftest import REPO, job_counts, run_snakemake, tiny_config, write_yaml
 from contam.io import file_sha256, read_parquet
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-
-
 def snakemake(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=snakemake_env(), capture_output=True, text=True, timeout=1200)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    counts, in_table = {}, False
-    for line in dry_run_output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table, counts = True, {}
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            elif counts:
-                in_table = False
-    return counts
+    return run_snakemake(*args, cwd=cwd, check=check)
 
 
 def test_lint_is_clean(repo):

@@ -8,7 +8,6 @@ so a bad config fails before any job starts, with a message naming the key.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path

@@ -19,8 +19,9 @@ os.environ.update(
 from contam import config as contam_config
 from contam import resources as contam_resources
 
+# Only the --config values (not config files) need their YAML types back.
 update_config(
-    config, contam_config.typed_overrides(workflow.config_settings.overwrite_config)
+    config, contam_config.typed_overrides(dict(workflow.config_settings.config))
 )
 validate(config, "../schemas/config.schema.yaml")
 try:
