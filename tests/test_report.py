@@ -25,7 +25,7 @@ def metric_files(tmp_path):
 
 
 def test_summary_maths(metric_files):
-    tidy = report.tidy_metrics(metric_files)
+    tidy = report.tidy_metrics(report.read_metrics(metric_files))
     assert len(tidy) == 6 * 2  # top1 and top5 per run
     summary = report.summarise(report.with_shared_baseline(tidy, ["generated", "control"]))
     top1 = summary[(summary["metric"] == "top1")].set_index(["source", "ratio"])
@@ -38,12 +38,12 @@ def test_summary_maths(metric_files):
 
 
 def test_single_seed_std_is_zero(tmp_path):
-    tidy = report.tidy_metrics([write_metrics(tmp_path, "real", 0.0, "m", 0, 0.5)])
+    tidy = report.tidy_metrics(report.read_metrics([write_metrics(tmp_path, "real", 0.0, "m", 0, 0.5)]))
     assert report.summarise(tidy)["std"].tolist() == [0.0, 0.0]
 
 
 def test_accuracy_table_layout(metric_files):
-    summary = report.summarise(report.with_shared_baseline(report.tidy_metrics(metric_files), ["generated", "control"]))
+    summary = report.summarise(report.with_shared_baseline(report.tidy_metrics(report.read_metrics(metric_files)), ["generated", "control"]))
     table = report.accuracy_table(summary)
     assert list(table.columns) == ["model", "source", "0 %", "100 %"]
     row = table[table["source"] == "generated"].iloc[0]
@@ -57,7 +57,7 @@ def test_paper_reference_is_shipped():
 
 
 def test_paired_differences_with_interval(metric_files):
-    tidy = report.tidy_metrics(metric_files)
+    tidy = report.tidy_metrics(report.read_metrics(metric_files))
     diffs = report.paired_differences(tidy, ["generated", "control"]).set_index("source")
     # generated - baseline per seed: 0.70-0.90 = -0.20 and 0.74-0.94 = -0.20
     assert diffs.loc["generated", "difference"] == pytest.approx(-0.20)

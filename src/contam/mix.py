@@ -50,7 +50,7 @@ def rank_within_class(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _as_manifest(frame: pd.DataFrame, origin: str | None = None, source: str | None = None) -> pd.DataFrame:
+def _as_manifest(frame: pd.DataFrame, origin: str, source: str) -> pd.DataFrame:
     """``frame``'s rows with the manifest's columns and types (no Python objects per row)."""
     n = len(frame)
 
@@ -69,8 +69,8 @@ def _as_manifest(frame: pd.DataFrame, origin: str | None = None, source: str | N
             "path": text("path"),
             "label": frame["label"].to_numpy(np.int64),
             "class_name": text("class_name"),
-            "origin": text("origin", origin or (None if "origin" in frame else "real")),
-            "source": text("source", source or (None if "source" in frame else "real")),
+            "origin": text("origin", origin),
+            "source": text("source", source),
             "prompt": text("prompt"),
             "seed": pd.array(seeds, dtype="Int64"),
             "generator": text("generator"),

@@ -23,10 +23,14 @@ from contam.io import atomic_path, write_text
 TIDY_COLUMNS = ["source", "ratio", "model", "seed", "test_set", "metric", "value", "metrics_file"]
 
 
-def tidy_metrics(metric_files: list[str | Path]) -> pd.DataFrame:
+def read_metrics(metric_files: list[str | Path]) -> dict[str, dict]:
+    """Every run's metrics.json, read once, by path."""
+    return {str(path): json.loads(Path(path).read_text()) for path in metric_files}
+
+
+def tidy_metrics(metrics: dict[str, dict]) -> pd.DataFrame:
     rows = []
-    for path in metric_files:
-        data = json.loads(Path(path).read_text())
+    for path, data in metrics.items():
         run = data["run"]
         for test_set, result in {"test": data["test"], **data.get("ood", {})}.items():
             for metric in ("top1", "top5"):
@@ -76,10 +80,9 @@ def paired_differences(tidy: pd.DataFrame, arms: list[str], test_set: str = "tes
     return pd.DataFrame(rows, columns=["model", "source", "ratio", "seeds", "difference", "ci95_low", "ci95_high"])
 
 
-def per_class_metrics(metric_files: list[str | Path]) -> pd.DataFrame:
+def per_class_metrics(metrics: dict[str, dict]) -> pd.DataFrame:
     rows = []
-    for path in metric_files:
-        data = json.loads(Path(path).read_text())
+    for data in metrics.values():
         run = data["run"]
         for label, value in data["test"].get("per_class_top1", {}).items():
             rows.append((run["source"], float(run["ratio"]), run["model"], int(run["seed"]), int(label), float(value)))
@@ -253,7 +256,8 @@ def build_report(
     def rel(path: str | Path) -> str:
         return html.escape(os.path.relpath(path, out_dir))
 
-    tidy = tidy_metrics(metric_files) if metric_files else pd.DataFrame(columns=TIDY_COLUMNS)
+    metrics = read_metrics(metric_files)
+    tidy = tidy_metrics(metrics) if metrics else pd.DataFrame(columns=TIDY_COLUMNS)
     write_text(tidy.drop(columns="metrics_file").to_csv(index=False), out_dir / "summary.csv")
     summary = summarise(with_shared_baseline(tidy, arms))
     accuracy_png = figures_dir / "accuracy.png"
@@ -292,7 +296,7 @@ def build_report(
         sections.append(("Out-of-distribution accuracy", "".join(parts)))
 
     class_names = dict(zip(real_index["label"].astype(int), real_index["class_name"].astype(str)))
-    hurt = classes_hurt_most(per_class_metrics(metric_files), class_names)
+    hurt = classes_hurt_most(per_class_metrics(metrics), class_names)
     if len(hurt):
         shown = hurt.copy()
         shown["ratio"] = [f"{100 * r:g} %" for r in shown["ratio"]]

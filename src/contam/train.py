@@ -144,9 +144,8 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state((state["torch_rng"][rank] if state["torch_rng"].ndim == 2 else state["torch_rng"]).clone())
-            if "epoch_stats" in state:
-                epoch_stats = state["epoch_stats"][rank].clone()
+            torch.set_rng_state(state["torch_rng"][rank].clone())
+            epoch_stats = state["epoch_stats"][rank].clone()
             epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
             history = [dict(zip(LOG_FIELDS, row)) for row in state["history"].tolist()]
             log.info("resuming from checkpoint at epoch %d, step %d", epoch, step_in_epoch)

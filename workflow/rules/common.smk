@@ -129,10 +129,16 @@ def contaminant_index(wildcards):
         raise WorkflowError(
             f"ratio 0 is shared by all sources: use {OUT}/manifests/{BASELINE}/ratio-0.0.parquet"
         )
-    if source in GENERATED:
-        return f"{OUT}/generated/{source}.parquet"
-    if source in FOLDER_CONTROLS:
-        return f"{OUT}/control/{source}/index.parquet"
+    return image_index(source)
+
+
+def image_index(name):
+    """The index that lists a source's images (the real index for the baseline
+    and for a control drawn from a real split)."""
+    if name in GENERATED:
+        return f"{OUT}/generated/{name}.parquet"
+    if name in FOLDER_CONTROLS:
+        return f"{OUT}/control/{name}/index.parquet"
     return real_index()
 
 
@@ -196,29 +202,25 @@ ANALYSIS = config.get("analysis", {})
 ANALYSIS_ON = ANALYSIS.get("enabled", True)
 
 
+ANALYSIS_MODEL = ANALYSIS.get("classifier") or next(iter(config["models"]))
+
+
 def feature_set_index(wildcards):
     """The images of a feature set: the real train split, or a contaminant pool."""
-    name = wildcards.feature_set
-    if name == BASELINE or (name in CONTROLS and name not in FOLDER_CONTROLS):
-        return real_index()
-    if name in GENERATED:
-        return f"{OUT}/generated/{name}.parquet"
-    return f"{OUT}/control/{name}/index.parquet"
+    return image_index(wildcards.feature_set)
 
 
 def feature_extractor_weights(wildcards):
     """The classifier trained on real data only, when it is the feature extractor."""
     if ANALYSIS.get("feature_extractor", "classifier") != "classifier":
         return []
-    model = ANALYSIS.get("classifier") or next(iter(config["models"]))
     seed = config["seeds"][0]
-    return f"{OUT}/runs/{BASELINE}/ratio-0.0/{model}/seed-{seed}/model.safetensors"
+    return f"{OUT}/runs/{BASELINE}/ratio-0.0/{ANALYSIS_MODEL}/seed-{seed}/model.safetensors"
 
 
 def feature_settings(wildcards):
     name = wildcards.feature_set
     extractor = ANALYSIS.get("feature_extractor", "classifier")
-    model = ANALYSIS.get("classifier") or next(iter(config["models"]))
     split = (
         "train"
         if name == BASELINE
@@ -228,7 +230,9 @@ def feature_settings(wildcards):
         "feature_set": name,
         "split": split,
         "extractor": extractor,
-        "model": config["models"][model] if extractor == "classifier" else None,
+        "model": (
+            config["models"][ANALYSIS_MODEL] if extractor == "classifier" else None
+        ),
         "num_classes": contam_config.num_classes(config),
         "inception_weights": ANALYSIS.get("inception_weights"),
         "max_per_class": ANALYSIS.get("max_per_class", 200),
