@@ -33,5 +33,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        all_metrics(),
-        REPORT_FILES,
+        study_targets(),

@@ -88,3 +88,42 @@ def test_command_line_overrides_get_yaml_types():
     assert typed["training"] == {"epochs": 20, "precision": "bf16", "augment": {"hflip": False}}
     assert typed["experiment"] == "007"  # top-level values are typed by snakemake itself
     assert typed["x"] == {"t": "photo of {name}", "n": None}
+
+
+@pytest.fixture
+def coco_config():
+    import yaml
+
+    from conftest import REPO
+
+    return yaml.safe_load((REPO / "config" / "coco.yaml").read_text())
+
+
+def test_generation_only_config_needs_no_study_keys(coco_config):
+    validated(coco_config)
+    assert cfg.generation_only(coco_config) and cfg.runs(coco_config) == []
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c["sources"].update(webvision={"origin": "control", "root": "/x"}), "sources.webvision.origin"),
+        (lambda c: c["sources"]["sd_coco"].update(prompts={"style": "plain"}), "real"),
+        (lambda c: c.pop("task"), "real"),  # the classification study needs its real data
+        (lambda c: c["generators"]["sd_v1_1"].update(height=500), "generators.sd_v1_1.height"),
+        (lambda c: c["generators"]["sd_v1_1"].update(on_unsafe="blur"), "on_unsafe"),
+        (lambda c: c["sources"]["sd_coco"]["prompts"].pop("captions"), "sources.sd_coco.prompts.captions"),
+    ],
+)
+def test_bad_generation_config_fails_naming_the_key(coco_config, mutate, key):
+    mutate(coco_config)
+    with pytest.raises((WorkflowError, cfg.ConfigError)) as error:
+        validated(coco_config)
+    assert key in str(error.value)
+
+
+def test_coco_prompts_cannot_train_a_classifier(default_config):
+    default_config["generators"]["sd"] = {"kind": "diffusers", "model": "/w"}
+    default_config["sources"]["generated"].update(generator="sd", prompts={"style": "coco", "captions": "/c.json"})
+    with pytest.raises(cfg.ConfigError, match="sources.generated.prompts.style"):
+        validated(default_config)

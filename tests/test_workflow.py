@@ -42,6 +42,11 @@ def test_imagenet_config_plans_without_data(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_coco_config_plans_generation_only(tmp_path):
+    result = snakemake("-n", "--quiet", "rules", "--configfile", str(REPO / "config" / "coco.yaml"), cwd=tmp_path)
+    assert job_counts(result.stdout) == {"build_prompts": 1, "generate_shard": 120, "gather_generated": 1, "all": 1, "total": 123}
+
+
 def test_bad_config_fails_before_any_job(tmp_path, default_config):
     default_config["mixing"]["ratios"] = [0.0, 1.5]
     config = write_yaml(tmp_path / "bad.yaml", default_config)

@@ -61,6 +61,10 @@ def known_timm_models() -> set[str]:
     return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
 
 
+def generation_only(config: dict) -> bool:
+    return config.get("task", "classification") == "generation"
+
+
 def num_classes(config: dict) -> int:
     real = config["real"]
     if real["kind"] == "digits":
@@ -79,7 +83,8 @@ def sources_of(config: dict, origin: str) -> list[str]:
 def expected_image_count(config: dict, source: str) -> int | None:
     """Images a generated source will have, or None when only the data can tell (COCO)."""
     prompts = config["sources"][source].get("prompts", {})
-    if prompts.get("style", "plain") == "coco" or (config["real"]["kind"] != "digits" and "num_classes" not in config["real"]):
+    real = config.get("real", {})
+    if prompts.get("style", "plain") == "coco" or not real or (real["kind"] != "digits" and "num_classes" not in real):
         return None
     return num_classes(config) * int(prompts.get("images_per_class", 100))
 
@@ -109,6 +114,8 @@ class Run:
 
 def runs(config: dict) -> list[Run]:
     """Every training run of the study. Ratio 0 is shared by all arms, once."""
+    if generation_only(config):
+        return []
     result = set()
     for ratio in config["mixing"]["ratios"]:
         tag = ratio_tag(ratio)
@@ -136,8 +143,26 @@ def _duplicates(values: Iterable[Any]) -> list[Any]:
 def check_semantics(config: dict) -> None:
     """Raise ConfigError listing every problem, each naming its key."""
     problems: list[str] = []
-    real = config["real"]
+    if generation_only(config):
+        _check_generation_only(config, problems)
+    else:
+        _check_classification(config, problems)
+    _check_generators(config, problems)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
+
+def _check_generation_only(config: dict, problems: list[str]) -> None:
+    for name, src in config["sources"].items():
+        if src["origin"] != "generated":
+            problems.append(f"sources.{name}.origin: a generation-only experiment (task: generation) has only generated sources")
+        elif src.get("prompts", {}).get("style", "plain") != "coco" and "real" not in config:
+            problems.append(f"real: plain and complex prompts (sources.{name}) take class names from the real dataset's class index")
+    if "real" in config:
+        _check_real(config["real"], problems)
+
+
+def _check_real(real: dict, problems: list[str]) -> None:
     if real["kind"] == "digits":
         fractions = real.get("split_fractions", {})
         total = sum(fractions.get(k, 0) for k in ("train", "control", "test"))
@@ -148,6 +173,10 @@ def check_semantics(config: dict) -> None:
             if key not in real:
                 problems.append(f"real.{key}: required when real.kind is image_folder")
 
+
+def _check_classification(config: dict, problems: list[str]) -> None:
+    real = config["real"]
+    _check_real(real, problems)
     tags = [ratio_tag(r) for r in config["mixing"]["ratios"]]
     for tag in _duplicates(tags):
         problems.append(f"mixing.ratios: ratio {tag} is listed twice")
@@ -162,10 +191,41 @@ def check_semantics(config: dict) -> None:
                 "(see timm.list_models() for the names)"
             )
 
+    for name, src in config["sources"].items():
+        key = f"sources.{name}"
+        if src["origin"] == "control":
+            if real["kind"] == "digits":
+                if src.get("real_split") != "control":
+                    problems.append(f"{key}.real_split: a digits control source must use real_split: control")
+                elif real.get("split_fractions", {}).get("control", 0.375) <= 0:
+                    problems.append("real.split_fractions.control: must be > 0 for a control source")
+            elif "root" not in src:
+                problems.append(f"{key}.root: required for a control source of an image-folder dataset")
+            for bad in ("generator", "prompts"):
+                if bad in src:
+                    problems.append(f"{key}.{bad}: only for generated sources")
+        elif src.get("prompts", {}).get("style") == "coco":
+            problems.append(f"{key}.prompts.style: coco images have no class label to train a classifier on; use task: generation")
+
+    analysis = config.get("analysis", {})
+    if analysis.get("enabled", True):
+        if analysis.get("feature_extractor", "classifier") == "classifier":
+            model = analysis.get("classifier")
+            if model is not None and model not in config["models"]:
+                problems.append(f"analysis.classifier: {model!r} is not a key of models")
+            if not any(float(r) == 0 for r in config["mixing"]["ratios"]):
+                problems.append("analysis.feature_extractor: the classifier extractor uses the ratio-0 run; add 0.0 to mixing.ratios or use inception")
+        elif "inception_weights" not in analysis:
+            problems.append("analysis.inception_weights: required for the inception feature extractor")
+
+
+def _check_generators(config: dict, problems: list[str]) -> None:
     generators = config.get("generators", {})
     for name, gen in generators.items():
         if gen["kind"] == "diffusers" and "model" not in gen:
             problems.append(f"generators.{name}.model: required for a diffusers generator")
+        if gen["kind"] == "diffusers" and (gen.get("height", 512) % 8 or gen.get("width", 512) % 8):
+            problems.append(f"generators.{name}.height/width: diffusers pipelines need multiples of 8")
 
     for name, src in config["sources"].items():
         key = f"sources.{name}"
@@ -194,37 +254,12 @@ def check_semantics(config: dict) -> None:
             for bad in ("real_split", "root"):
                 if bad in src:
                     problems.append(f"{key}.{bad}: only for control sources")
-        else:
-            if real["kind"] == "digits":
-                if src.get("real_split") != "control":
-                    problems.append(f"{key}.real_split: a digits control source must use real_split: control")
-                elif real.get("split_fractions", {}).get("control", 0.375) <= 0:
-                    problems.append("real.split_fractions.control: must be > 0 for a control source")
-            elif "root" not in src:
-                problems.append(f"{key}.root: required for a control source of an image-folder dataset")
-            for bad in ("generator", "prompts"):
-                if bad in src:
-                    problems.append(f"{key}.{bad}: only for generated sources")
-
-    analysis = config.get("analysis", {})
-    if analysis.get("enabled", True):
-        if analysis.get("feature_extractor", "classifier") == "classifier":
-            model = analysis.get("classifier")
-            if model is not None and model not in config["models"]:
-                problems.append(f"analysis.classifier: {model!r} is not a key of models")
-            if not any(float(r) == 0 for r in config["mixing"]["ratios"]):
-                problems.append("analysis.feature_extractor: the classifier extractor uses the ratio-0 run; add 0.0 to mixing.ratios or use inception")
-        elif "inception_weights" not in analysis:
-            problems.append("analysis.inception_weights: required for the inception feature extractor")
-
-    if problems:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
 
 def data_paths(config: dict) -> dict[str, str]:
     """Every input path the config names, by key (checked before a real run)."""
     paths: dict[str, str] = {}
-    real = config["real"]
+    real = config.get("real", {})
     for key in ("root", "test_root", "class_index"):
         if key in real:
             paths[f"real.{key}"] = real[key]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -25,11 +26,12 @@ import torch
 from tqdm import tqdm
 
 from contam.images import FORMATS, image_problem, is_complete_image, save_image
+from contam.io import stable_hash
 from contam.logs import Throughput
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["path", "row", "label", "class_name", "prompt", "seed", "image_id", "caption_id", "generator", "settings_id"]
+INDEX_COLUMNS = ["path", "row", "label", "class_name", "prompt", "seed", "regenerations", "image_id", "caption_id", "generator", "settings_id"]
 
 
 class Sampler(Protocol):
@@ -43,11 +45,6 @@ def shard_rows(prompts: pd.DataFrame, shards: int, shard: int) -> pd.DataFrame:
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} is outside 0..{shards - 1}")
     return prompts[prompts["row"] % shards == shard].sort_values("row", ignore_index=True)
-
-
-def image_relpath(row: int, image_format: str) -> str:
-    """Images go 10,000 to a folder so that no folder grows huge."""
-    return f"{row // 10000:04d}/{row:08d}{FORMATS[image_format][1]}"
 
 
 def per_image_generators(seeds, device: str = "cpu") -> list[torch.Generator]:
@@ -97,35 +94,51 @@ SCHEDULERS = {
 }
 
 
+def load_text_to_image(gen_config: dict, device: torch.device | str = "cpu", attention: str = "sdpa", compile_unet: bool = False):
+    """A diffusers text-to-image pipeline from a hub id or a local folder (safetensors only)."""
+    import diffusers
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+    from contam.devices import DTYPES
+
+    kwargs = {"dtype": DTYPES[gen_config.get("dtype", "fp16")], "use_safetensors": True}
+    if gen_config.get("variant"):
+        kwargs["variant"] = gen_config["variant"]
+    if not gen_config.get("safety_checker", False):
+        kwargs["safety_checker"] = None
+        kwargs["requires_safety_checker"] = False
+    try:
+        pipe = AutoPipelineForText2Image.from_pretrained(gen_config["model"], **kwargs)
+    except (ValueError, KeyError):
+        # Pipelines that AutoPipeline does not map (community or custom ones).
+        pipe = DiffusionPipeline.from_pretrained(gen_config["model"], **kwargs)
+    if gen_config.get("safety_checker", False) and getattr(pipe, "safety_checker", None) is None:
+        raise ValueError(f"safety_checker is on, but the pipeline at {gen_config['model']} has no safety checker")
+    scheduler_name = gen_config.get("scheduler", "ddim")
+    extra = {"algorithm_type": "dpmsolver++"} if scheduler_name == "dpmsolver++" else {}
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler_name]).from_config(pipe.scheduler.config, **extra)
+    if attention == "classic":
+        # The CompVis-era attention (explicit softmax(QK^T)V), for comparison with SDPA.
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+    pipe = pipe.to(device)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 class DiffusersSampler:
-    """Any diffusers text-to-image pipeline, by hub id or local folder (safetensors)."""
+    """Generates a batch of prompt rows with a diffusers text-to-image pipeline.
 
-    def __init__(self, gen_config: dict, device: torch.device, attention: str = "sdpa", compile_unet: bool = False):
-        import diffusers
-        from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+    The starting noise of each image comes from its own CPU ``torch.Generator``,
+    so an image depends only on its prompt and seed, on any device and in any
+    batch. Safety-checker flags are returned, never written as black frames.
+    """
 
-        from contam.devices import DTYPES
-
-        kwargs = {"torch_dtype": DTYPES[gen_config.get("dtype", "fp16")], "use_safetensors": True}
-        if not gen_config.get("safety_checker", False):
-            kwargs["safety_checker"] = None
-            kwargs["requires_safety_checker"] = False
-        try:
-            pipe = AutoPipelineForText2Image.from_pretrained(gen_config["model"], **kwargs)
-        except (ValueError, KeyError):
-            pipe = DiffusionPipeline.from_pretrained(gen_config["model"], **kwargs)
-        scheduler_class = getattr(diffusers, SCHEDULERS[gen_config.get("scheduler", "ddim")])
-        extra = {"algorithm_type": "dpmsolver++"} if gen_config.get("scheduler") == "dpmsolver++" else {}
-        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **extra)
-        if attention != "sdpa" and hasattr(pipe.unet, "set_attn_processor"):
-            from diffusers.models.attention_processor import AttnProcessor
-
-            pipe.unet.set_attn_processor(AttnProcessor())
-        pipe = pipe.to(device)
-        if compile_unet:
-            pipe.unet = torch.compile(pipe.unet)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
+    def __init__(self, gen_config: dict, device: torch.device, attention: str = "sdpa", compile_unet: bool = False, pipe=None):
+        self.pipe = pipe if pipe is not None else load_text_to_image(gen_config, device, attention, compile_unet)
         self.config = gen_config
         self.image_hw = (int(gen_config.get("height", 512)), int(gen_config.get("width", 512)))
 
@@ -141,13 +154,89 @@ class DiffusersSampler:
             eta=float(cfg.get("eta", 0.0)),
             height=self.image_hw[0],
             width=self.image_hw[1],
-            # CPU generators: an image's noise is the same on any device.
             generator=per_image_generators(batch["seed"]),
             output_type="np",
         )
         images = (np.clip(result.images, 0, 1) * 255).round().astype(np.uint8)
         flags = getattr(result, "nsfw_content_detected", None) or [False] * len(batch)
         return images, [bool(f) for f in flags]
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How generated images are stored; each changes the files, so each is a rule param."""
+
+    image_format: str = "png"
+    quality: int = 95
+    storage_size: int | None = None
+
+    @classmethod
+    def of(cls, gen_config: dict) -> "ImageOptions":
+        return cls(gen_config.get("image_format", "png"), int(gen_config.get("image_quality", 95)), gen_config.get("storage_size"))
+
+
+@dataclass(frozen=True)
+class UnsafePolicy:
+    """What happens to an image the safety checker flags: it is never written.
+
+    ``regenerate`` tries the next seed (seed + 1, + 2, ...) up to
+    ``max_regenerations`` times, then drops the row; ``drop`` drops it at once.
+    """
+
+    action: str = "regenerate"
+    max_regenerations: int = 3
+
+    @classmethod
+    def of(cls, gen_config: dict) -> "UnsafePolicy":
+        return cls(gen_config.get("on_unsafe", "regenerate"), int(gen_config.get("max_regenerations", 3)))
+
+    @property
+    def attempts(self) -> int:
+        return 1 + (self.max_regenerations if self.action == "regenerate" else 0)
+
+
+# Keys that decide only what happens to flagged images: changing them must not
+# move the finished images to a new folder (rows dropped before are retried).
+POLICY_KEYS = ("on_unsafe", "max_regenerations")
+
+
+def settings_id(settings: dict) -> str:
+    """Id of everything that changes an image's pixels or file."""
+    generator = {k: v for k, v in settings["generator"].items() if k not in POLICY_KEYS}
+    return stable_hash({**settings, "generator": generator})
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """The seed of a regeneration: the next seeds after the row's own, in 63 bits."""
+    return (int(seed) + int(attempt)) % (1 << 63)
+
+
+def image_path(images_dir: Path, row: int, attempt: int, image_format: str) -> Path:
+    """Images go 10,000 to a folder so that no folder grows huge; a regenerated
+    image carries its attempt, so a resumed shard knows which seed made it."""
+    suffix = f"-r{attempt}" if attempt else ""
+    return images_dir / f"{row // 10000:04d}" / f"{row:08d}{suffix}{FORMATS[image_format][1]}"
+
+
+def _finished_attempt(images_dir: Path, row: int, options: ImageOptions, attempts: int) -> int | None:
+    for attempt in range(attempts):
+        if is_complete_image(image_path(images_dir, row, attempt, options.image_format)):
+            return attempt
+    return None
+
+
+def _remove_stale_temporaries(images_dir: Path, rows: list[int]) -> int:
+    """Delete temporary files a killed run of this shard left (other shards share the folders)."""
+    mine = {f"{r:08d}" for r in rows}
+    removed = 0
+    for folder in {images_dir / f"{r // 10000:04d}" for r in rows}:
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(".*.tmp"):
+            if path.name[1:9] in mine:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def generate_shard(
@@ -157,50 +246,86 @@ def generate_shard(
     batch_size: int,
     generator_name: str,
     settings_id: str,
-    image_format: str = "png",
+    options: ImageOptions = ImageOptions(),
+    unsafe: UnsafePolicy = UnsafePolicy(),
     writer_threads: int = 4,
 ) -> tuple[pd.DataFrame, dict]:
     """Generate the missing images of ``rows``; return the shard index and counts."""
     images_dir = Path(images_dir)
-    paths = [images_dir / image_relpath(int(r), image_format) for r in rows["row"]]
-    done = np.array([is_complete_image(p) for p in paths], dtype=bool)
-    todo = rows[~done]
-    log.info("shard: %d images, %d already on disk, %d to generate", len(rows), int(done.sum()), len(todo))
+    row_ids = [int(r) for r in rows["row"]]
+    stale = _remove_stale_temporaries(images_dir, row_ids)
+    with ThreadPoolExecutor(max(writer_threads, 1)) as pool:
+        found = list(pool.map(lambda r: _finished_attempt(images_dir, r, options, unsafe.attempts), row_ids))
+    kept_attempt = {r: a for r, a in zip(row_ids, found) if a is not None}
+    work = rows[[a is None for a in found]].assign(attempt=0)
+    log.info("shard: %d images, %d already on disk, %d to generate (%d stale temporary files removed)", len(rows), len(kept_attempt), len(work), stale)
+
     problems: dict[int, str] = {}
+    flagged: list[list[int]] = []
     meter = Throughput()
     pending: list[Future] = []
-    with ThreadPoolExecutor(writer_threads) as writers, tqdm(total=len(todo), desc="generate", mininterval=10) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo.iloc[start : start + batch_size]
-            images, flagged = sampler(batch)
-            for row, image, unsafe in zip(batch["row"], images, flagged):
-                reason = "flagged by the safety checker" if unsafe else image_problem(image, sampler.image_hw)
-                if reason:
-                    problems[int(row)] = reason
-                    continue
-                pending.append(writers.submit(save_image, image, images_dir / image_relpath(int(row), image_format), image_format))
-            # Bound the queue so memory stays flat while the model keeps going.
-            while len(pending) > 4 * batch_size:
-                pending.pop(0).result()
-            meter.add(len(batch))
-            bar.update(len(batch))
+    with ThreadPoolExecutor(max(writer_threads, 1)) as writers, tqdm(total=len(work), desc="generate", mininterval=10) as bar:
+        while len(work):
+            retry = []
+            for start in range(0, len(work), batch_size):
+                batch = work.iloc[start : start + batch_size]
+                images, unsafe_flags = sampler(batch)
+                for (row, seed, attempt), image, is_unsafe in zip(batch[["row", "seed", "attempt"]].itertuples(index=False), images, unsafe_flags):
+                    row = int(row)
+                    if is_unsafe:
+                        flagged.append([row, int(seed)])
+                        if attempt + 1 < unsafe.attempts:
+                            retry.append(row)
+                        else:
+                            problems[row] = "flagged by the safety checker"
+                        continue
+                    reason = image_problem(image, sampler.image_hw)
+                    if reason:
+                        problems[row] = reason
+                        continue
+                    kept_attempt[row] = int(attempt)
+                    path = image_path(images_dir, row, int(attempt), options.image_format)
+                    pending.append(writers.submit(save_image, image, path, options.image_format, options.quality, options.storage_size))
+                # Bound the queue so memory stays flat while the model keeps going.
+                while len(pending) > 4 * batch_size:
+                    pending.pop(0).result()
+                meter.add(len(batch))
+                bar.update(len(batch))
+            work = _next_attempts(work, retry)
+            bar.total += len(work)
+            bar.refresh()
         for future in pending:
             future.result()
-    if len(todo):
+    if meter.count:
         log.info("generated %s images", meter)
     for row, reason in list(problems.items())[:20]:
         log.warning("row %d not kept: %s", row, reason)
 
-    kept = rows[[int(r) not in problems for r in rows["row"]]].copy()
-    kept["path"] = [str(images_dir / image_relpath(int(r), image_format)) for r in kept["row"]]
+    kept = rows[[r in kept_attempt for r in row_ids]].copy()
+    attempts = np.array([kept_attempt[int(r)] for r in kept["row"]], dtype=np.int64)
+    kept["seed"] = [attempt_seed(s, a) for s, a in zip(kept["seed"], attempts)]
+    kept["regenerations"] = attempts
+    kept["path"] = [str(image_path(images_dir, int(r), int(a), options.image_format)) for r, a in zip(kept["row"], attempts)]
     kept["generator"] = generator_name
     kept["settings_id"] = settings_id
+    resumed = len(rows) - int(np.sum([a is None for a in found]))
     counts = {
         "rows": len(rows),
-        "resumed": int(done.sum()),
-        "generated": len(todo) - len(problems),
+        "resumed": resumed,
+        "generated": len(kept) - resumed,
+        "regenerated": int(sum(1 for r, a in kept_attempt.items() if a > 0)),
+        "flagged": len(flagged),
         "dropped_unsafe": sum(1 for r in problems.values() if r.startswith("flagged")),
         "dropped_invalid": sum(1 for r in problems.values() if not r.startswith("flagged")),
-        "images_per_s": round(meter.rate, 3) if len(todo) else None,
+        "images_per_s": round(meter.rate, 3) if meter.count else None,
+        "flagged_rows": flagged,
     }
     return kept[INDEX_COLUMNS].reset_index(drop=True), counts
+
+
+def _next_attempts(work: pd.DataFrame, rows: list[int]) -> pd.DataFrame:
+    """The rows to try again, each with its next seed."""
+    again = work[work["row"].isin(rows)].copy()
+    again["attempt"] += 1
+    again["seed"] = [attempt_seed(s, 1) for s in again["seed"]]
+    return again

@@ -39,10 +39,17 @@ def check_image(path: str | os.PathLike) -> str | None:
     return None
 
 
-def save_image(array: np.ndarray, path: str | os.PathLike, image_format: str = "png", quality: int = 95) -> None:
-    """Write an HxWx3 uint8 array atomically (temporary name, then rename)."""
+def save_image(array: np.ndarray, path: str | os.PathLike, image_format: str = "png", quality: int = 95, storage_size: int | None = None) -> None:
+    """Write an HxWx3 uint8 array atomically (temporary name, then rename).
+
+    ``quality`` applies to JPEG and WebP; ``storage_size`` scales the image so
+    its shorter side has that many pixels (Lanczos), keeping the aspect ratio.
+    """
     pil_format, _ = FORMATS[image_format]
     image = Image.fromarray(array)
+    if storage_size and min(image.size) != storage_size:
+        scale = storage_size / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
     with atomic_path(path) as tmp:
         kwargs = {} if pil_format == "PNG" else {"quality": quality}
         image.save(tmp, format=pil_format, **kwargs)

@@ -31,6 +31,7 @@ except contam_config.ConfigError as error:
 
 
 EXP = config["experiment"]
+GENERATION_ONLY = contam_config.generation_only(config)
 OUT = contam_config.experiment_dir(config)
 LOGS = f"logs/{EXP}"
 BENCH = f"benchmarks/{EXP}"
@@ -62,7 +63,7 @@ wildcard_constraints:
     generated_source=_alternatives(GENERATED),
     control_source=_alternatives(FOLDER_CONTROLS),
     generator=_alternatives(EMBEDDED_GENERATORS),
-    model=_alternatives(config["models"]),
+    model=_alternatives(config.get("models", {})),
     feature_set=_alternatives([BASELINE, *SOURCES]),
     ratio=r"[01]\.\d+",
     seed=r"\d+",
@@ -194,15 +195,28 @@ def ood_indexes(wildcards=None):
     ]
 
 
+def study_targets():
+    """What `snakemake` builds by default: the whole study, or only the images."""
+    if GENERATION_ONLY:
+        return [
+            f"{OUT}/generated/{s}.{ext}"
+            for s in GENERATED
+            for ext in ("parquet", "json")
+        ]
+    return all_metrics() + REPORT_FILES
+
+
 def all_metrics():
     return [f"{OUT}/{run.path}/metrics.json" for run in contam_config.runs(config)]
 
 
 ANALYSIS = config.get("analysis", {})
-ANALYSIS_ON = ANALYSIS.get("enabled", True)
+ANALYSIS_ON = ANALYSIS.get("enabled", True) and not GENERATION_ONLY
 
 
-ANALYSIS_MODEL = ANALYSIS.get("classifier") or next(iter(config["models"]))
+ANALYSIS_MODEL = ANALYSIS.get("classifier") or next(
+    iter(config.get("models", {})), None
+)
 
 
 def feature_set_index(wildcards):

@@ -13,7 +13,7 @@ rule index_real:
         mem_mb=mem_of("default"),
         runtime=runtime_of("default"),
     params:
-        real=config["real"],
+        real=config.get("real", {}),
         seed=config["seed"],
         images=f"{OUT}/real/images",
     script:
@@ -36,7 +36,7 @@ rule index_control:
         runtime=runtime_of("default"),
     params:
         root=lambda wildcards: config["sources"][wildcards.control_source]["root"],
-        real=config["real"],
+        real=config.get("real", {}),
     script:
         "../scripts/index_folder.py"
 
@@ -59,7 +59,7 @@ rule index_ood:
         root=lambda wildcards: config["evaluation"]["ood_sets"][wildcards.ood_set][
             "root"
         ],
-        real=config["real"],
+        real=config.get("real", {}),
     script:
         "../scripts/index_folder.py"
 
@@ -75,7 +75,7 @@ rule build_prompts:
         prompts=lambda wildcards: config["sources"][wildcards.generated_source].get(
             "prompts", {}
         ),
-        real=config["real"],
+        real=config.get("real", {}),
         seed=lambda wildcards: config["generators"][
             generator_of(wildcards.generated_source)
         ].get("seed", 0),
