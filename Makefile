@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/mix.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/generate.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -34,6 +34,15 @@ def validated(config: dict) -> dict:
     return config
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion pipeline with random weights, saved as safetensors
+    and loaded by path like real weights."""
+    from contam import random_pipelines
+
+    return random_pipelines.save_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd", "tiny")
+
+
 @pytest.fixture
 def make_image_folder(tmp_path):
     """Build root/<folder>/<image> trees of small coloured images."""

@@ -93,11 +93,14 @@ DRIVER = textwrap.dedent(
     import torch
     from contam import generate
     from contam.io import read_parquet, write_parquet
-    model, prompts_path, images, out = sys.argv[1:5]
-    sampler = generate.EmbeddedSampler(model, {"steps": 4, "guidance": 0.5, "eta": 0.0}, torch.device("cpu"))
-    slow = float(sys.argv[5])
+    kind, model, prompts_path, images, out, pause = sys.argv[1:7]
+    if kind == "embedded":
+        sampler = generate.EmbeddedSampler(model, {"steps": 4, "guidance": 0.5, "eta": 0.0}, torch.device("cpu"))
+    else:
+        config = {"kind": "diffusers", "model": model, "steps": 3, "height": 32, "width": 32, "dtype": "fp32"}
+        sampler = generate.DiffusersSampler(config, torch.device("cpu"))
     def slow_sampler(batch):
-        time.sleep(slow)
+        time.sleep(float(pause))
         return sampler(batch)
     slow_sampler.image_hw = sampler.image_hw
     index, counts = generate.generate_shard(read_parquet(prompts_path), images, slow_sampler, 1, "g", "x", writer_threads=1)
@@ -107,31 +110,44 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_killed_shard_resumes_without_redoing_images(tiny_generator, tmp_path):
+@pytest.mark.parametrize("kind, model_fixture", [("embedded", "tiny_generator"), ("diffusers", "tiny_sd")])
+def test_killed_shard_resumes_without_redoing_images(kind, model_fixture, request, tmp_path):
+    """A real shard process is killed with SIGKILL midway, then rerun."""
     rows = table(per_class=10)
     write_parquet(rows, tmp_path / "prompts.parquet")
     (tmp_path / "driver.py").write_text(DRIVER)
+    model = request.getfixturevalue(model_fixture)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
+
+    def driver(images: Path, index: Path) -> list[str]:
+        return [sys.executable, str(tmp_path / "driver.py"), kind, str(model), str(tmp_path / "prompts.parquet"), str(images), str(index)]
+
     images = tmp_path / "images"
-    args = [sys.executable, str(tmp_path / "driver.py"), str(tiny_generator), str(tmp_path / "prompts.parquet"), str(images), str(tmp_path / "shard.parquet")]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    process = subprocess.Popen(args + ["0.3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(driver(images, tmp_path / "shard.parquet") + ["0.3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(list(images.rglob("*.png"))) < 5 and time.time() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = {p: p.stat().st_mtime_ns for p in images.rglob("*.png")}
     assert 5 <= len(before) < 30
     assert not (tmp_path / "shard.parquet").exists()
-    assert not list(images.rglob("*.tmp"))  # no half-written image under its final name
+    for path in before:  # nothing half-written under a final name
+        assert np.asarray(Image.open(path)).std() > 0
 
-    result = subprocess.run(args + ["0"], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(driver(images, tmp_path / "shard.parquet") + ["0"], env=env, capture_output=True, text=True, check=True)
     assert f"'resumed': {len(before)}" in result.stdout
     after = {p: p.stat().st_mtime_ns for p in images.rglob("*.png")}
     assert len(after) == 30
-    assert all(after[p] == before[p] for p in before)  # untouched, not regenerated
+    assert all(after[p] == before[p] for p in before)  # kept, not regenerated
+    assert not list(images.rglob("*.tmp"))  # a killed write's temporary file is cleaned up
     index = read_parquet(tmp_path / "shard.parquet")
     assert list(index["row"]) == list(range(30))
+
+    # The resumed shard holds exactly the images of an uninterrupted one.
+    subprocess.run(driver(tmp_path / "fresh", tmp_path / "fresh.parquet") + ["0"], env=env, capture_output=True, check=True)
+    resumed, fresh = images_of(index), images_of(read_parquet(tmp_path / "fresh.parquet"))
+    assert all(np.array_equal(resumed[r], fresh[r]) for r in resumed)
 
 
 def test_gather_joins_shards(tmp_path):

@@ -13,15 +13,9 @@ import pytest
 import yaml
 
 from conftest import REPO, SNAKEMAKE, job_counts, run_snakemake, snakemake_env, tiny_config, write_yaml
-from contam import random_pipelines
 from contam.io import read_parquet
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return random_pipelines.save_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd", "tiny")
 
 
 def tiny_sd_generator(model, steps=3) -> dict:
@@ -60,7 +54,7 @@ def test_coco_generation_only(tiny_sd, tmp_path):
 def test_digits_study_on_a_text_to_image_generator(tiny_sd, tmp_path):
     config = tiny_config(copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
     config["experiment"] = "t2i"
-    config["generators"] = {"tiny_sd": tiny_sd_generator(tiny_sd, steps=40)}
+    config["generators"] = {"tiny_sd": tiny_sd_generator(tiny_sd, steps=25)}
     config["sources"]["generated"].update(generator="tiny_sd", prompts={"style": "plain", "template": "a photo of the digit {name}", "images_per_class": 22})
     config["execution"] = {"generate_batch_size": 2}
     path = write_yaml(tmp_path / "t2i.yaml", config)

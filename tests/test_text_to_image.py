@@ -5,10 +5,8 @@ path through the same code that loads real weights (contam.generate).
 """
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,6 @@ from PIL import Image
 
 from contam import generate, prompts, random_pipelines
 from contam.images import image_problem
-from contam.io import read_parquet, write_parquet
 
 from conftest import REPO
 
@@ -29,11 +26,6 @@ CPU = torch.device("cpu")
 
 def gen_config(model: Path, **overrides) -> dict:
     return {"kind": "diffusers", "model": str(model), "scheduler": "ddim", "steps": 3, "guidance": 7.5, "eta": 0.0, "height": 32, "width": 32, "dtype": "fp32", **overrides}
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    return random_pipelines.save_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd", "tiny")
 
 
 def rows_of(per_class: int = 4) -> pd.DataFrame:
@@ -166,56 +158,6 @@ def test_flagged_images_can_be_dropped_and_counted(checked_sd, tmp_path):
 def test_safety_checker_on_needs_one_in_the_pipeline(tiny_sd):
     with pytest.raises(ValueError, match="has no safety checker"):
         generate.load_text_to_image(gen_config(tiny_sd, safety_checker=True))
-
-
-DRIVER = """
-import sys, time
-import torch
-from contam import generate
-from contam.io import read_parquet, write_parquet
-model, prompts_path, images, out, pause = sys.argv[1:6]
-config = {"kind": "diffusers", "model": model, "steps": 3, "height": 32, "width": 32, "dtype": "fp32"}
-sampler = generate.DiffusersSampler(config, torch.device("cpu"))
-def slow_sampler(batch):
-    time.sleep(float(pause))
-    return sampler(batch)
-slow_sampler.image_hw = sampler.image_hw
-index, counts = generate.generate_shard(read_parquet(prompts_path), images, slow_sampler, 1, "sd", "x", writer_threads=1)
-write_parquet(index, out)
-print(counts)
-"""
-
-
-def test_killed_shard_resumes_without_redoing_images(tiny_sd, tmp_path):
-    rows = rows_of(per_class=8)
-    write_parquet(rows, tmp_path / "prompts.parquet")
-    (tmp_path / "driver.py").write_text(DRIVER)
-    images = tmp_path / "images"
-    args = [sys.executable, str(tmp_path / "driver.py"), str(tiny_sd), str(tmp_path / "prompts.parquet"), str(images), str(tmp_path / "shard.parquet")]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(args + ["0.3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list(images.rglob("*.png"))) < 5 and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    before = {p: p.stat().st_mtime_ns for p in images.rglob("*.png")}
-    assert 5 <= len(before) < 24
-    assert not (tmp_path / "shard.parquet").exists()
-    for path in before:  # nothing half-written under a final name
-        assert image_problem(np.asarray(Image.open(path)), (32, 32)) is None
-
-    result = subprocess.run(args + ["0"], env=env, capture_output=True, text=True, check=True)
-    assert f"'resumed': {len(before)}" in result.stdout
-    after = {p: p.stat().st_mtime_ns for p in images.rglob("*.png")}
-    assert len(after) == 24
-    assert all(after[p] == before[p] for p in before)  # kept, not regenerated
-    assert not list(images.rglob("*.tmp"))  # a killed write's temporary file is cleaned up
-    index = read_parquet(tmp_path / "shard.parquet")
-    assert list(index["row"]) == list(range(24))
-    # The resumed shard equals one made in a single go.
-    fresh, _ = generate.generate_shard(rows, tmp_path / "fresh", generate.DiffusersSampler(gen_config(tiny_sd), CPU), 1, "sd", "x")
-    assert all(np.array_equal(a, b) for a, b in zip(images_of(index).values(), images_of(fresh).values()))
 
 
 def test_random_pipeline_command_line(tmp_path):

@@ -2,14 +2,20 @@
 
 Shard k of S holds the prompt rows with ``row % S == k``: fixed before any data
 is read, balanced across classes, and never needed to compute an image. Each
-image is generated from its own seed (one ``torch.Generator`` per image), so it
-is the same whatever shard or batch it runs in.
+image is generated from its own seed (one ``torch.Generator`` per image), so its
+noise is the same whatever shard or batch it runs in.
+
+Two samplers: the embedded class-conditional UNet (``EmbeddedSampler``) and any
+diffusers text-to-image pipeline (``DiffusersSampler``). Images the pipeline's
+safety checker flags are never written; they are regenerated with the next
+seed or dropped (``UnsafePolicy``), and counted either way. Images of one flat
+colour or of the wrong size are dropped and counted.
 
 Images are written under ``images-<settings id>/`` (the id hashes every setting
-that changes pixels), each to a temporary name then renamed, by a thread pool so
-that encoding never stalls the model. A killed shard rerun keeps every image
-already on disk and generates only the rest. The shard's Parquet index is
-written last; a row exists only for a complete, valid image.
+that changes pixels or files), each to a temporary name then renamed, by a
+thread pool so that encoding never stalls the model. A killed shard rerun keeps
+every image already on disk and generates only the rest. The shard's Parquet
+index is written last; a row exists only for a complete, valid image.
 """
 
 from __future__ import annotations
@@ -96,7 +102,6 @@ SCHEDULERS = {
 
 def load_text_to_image(gen_config: dict, device: torch.device | str = "cpu", attention: str = "sdpa", compile_unet: bool = False):
     """A diffusers text-to-image pipeline from a hub id or a local folder (safetensors only)."""
-    import diffusers
     from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
     from contam.devices import DTYPES
@@ -114,6 +119,13 @@ def load_text_to_image(gen_config: dict, device: torch.device | str = "cpu", att
         pipe = DiffusionPipeline.from_pretrained(gen_config["model"], **kwargs)
     if gen_config.get("safety_checker", False) and getattr(pipe, "safety_checker", None) is None:
         raise ValueError(f"safety_checker is on, but the pipeline at {gen_config['model']} has no safety checker")
+    return prepare_pipeline(pipe, gen_config, device, attention, compile_unet)
+
+
+def prepare_pipeline(pipe, gen_config: dict, device: torch.device | str = "cpu", attention: str = "sdpa", compile_unet: bool = False):
+    """Set a loaded pipeline's scheduler, attention, device and compilation."""
+    import diffusers
+
     scheduler_name = gen_config.get("scheduler", "ddim")
     extra = {"algorithm_type": "dpmsolver++"} if scheduler_name == "dpmsolver++" else {}
     pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler_name]).from_config(pipe.scheduler.config, **extra)
