@@ -327,7 +327,7 @@ def build_report(
     if grids:
         sections.append(("Samples: real against generated, per class", "".join(grids)))
 
-    sections.append(("Data quality", "<pre>" + html.escape(json.dumps(quality, indent=2)) + "</pre><p class='note'>Images skipped while indexing (unreadable, truncated), generated images dropped as unsafe or invalid (one flat colour, wrong size), and images kept from an interrupted shard.</p>"))
+    sections.append(("Data quality", "<pre>" + html.escape(json.dumps(quality, indent=2)) + "</pre><p class='note'>Images skipped while indexing (unreadable, truncated), generated images flagged by a safety checker (regenerated with the next seed, or dropped), dropped as invalid (one flat colour, wrong size), and images kept from an interrupted shard.</p>"))
 
     if benchmark_dir is not None:
         compute = compute_per_rule(benchmark_dir)
