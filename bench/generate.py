@@ -65,22 +65,28 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
-def unet_flops_per_step(pipe, batch: int, height: int, width: int, device: torch.device) -> int:
-    """FLOPs of one UNet call for ``batch`` images with guidance (2 x batch latents)."""
+def unet_inputs(pipe, batch: int, height: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents and text context of one guided UNet call (2 x batch rows)."""
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    latents = torch.randn(2 * batch, 4, height // 8, height // 8, device=device, dtype=unet.dtype)
+    context = torch.randn(2 * batch, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    return latents, context
+
+
+def unet_flops_per_step(pipe, batch: int, height: int, device: torch.device) -> int:
+    """FLOPs of one UNet call for ``batch`` images with guidance, counted on the
+    eager UNet (a compiled one hides its operations from the counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    unet = pipe.unet
-    latents = torch.randn(2 * batch, 4, height // 8, width // 8, device=device, dtype=unet.dtype)
-    context = torch.randn(2 * batch, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    latents, context = unet_inputs(pipe, batch, height, device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(latents, 500, encoder_hidden_states=context)
+        getattr(pipe.unet, "_orig_mod", pipe.unet)(latents, 500, encoder_hidden_states=context)
     return counter.get_total_flops()
 
 
-def time_unet(pipe, batch: int, height: int, width: int, steps: int, device: torch.device) -> float:
+def time_unet(pipe, batch: int, height: int, steps: int, device: torch.device) -> float:
     unet = pipe.unet
-    latents = torch.randn(2 * batch, 4, height // 8, width // 8, device=device, dtype=unet.dtype)
-    context = torch.randn(2 * batch, 77, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+    latents, context = unet_inputs(pipe, batch, height, device)
     with torch.no_grad():
         unet(latents, 500, encoder_hidden_states=context)
         sync(device)
@@ -108,25 +114,18 @@ def measure(master, config: dict, args, device: torch.device, flops: dict) -> di
     seconds = (time.perf_counter() - start) / (args.repeats * config["batch"])
     row = {**config, "s_per_image": seconds, "images_per_s": 1 / seconds, "warmup_s": warmup, "image_std": float(images.std())}
     if args.unet_flops:
-        key = (config["batch"], config["dtype"])
-        if key not in flops:
-            flops[key] = unet_flops_per_step(pipe if not config["compile"] else _eager(pipe), config["batch"], args.height, args.height, device)
-        unet_seconds = time_unet(pipe, config["batch"], args.height, args.height, args.steps, device)
+        # The operation count depends on the batch only, not on dtype or kernels.
+        if config["batch"] not in flops:
+            flops[config["batch"]] = unet_flops_per_step(pipe, config["batch"], args.height, device)
+        unet_seconds = time_unet(pipe, config["batch"], args.height, args.steps, device)
         row["unet_share"] = unet_seconds / (seconds * config["batch"])
-        row["unet_tflops"] = flops[key] * args.steps / unet_seconds / 1e12
+        row["unet_tflops"] = flops[config["batch"]] * args.steps / unet_seconds / 1e12
         peak = peak_tflops(device)
         row["unet_peak_fraction"] = row["unet_tflops"] / peak if peak and config["dtype"] != "fp32" else None
     del pipe, sampler
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
-
-
-def _eager(pipe):
-    """The uncompiled UNet of a compiled pipeline (FLOP counting needs eager ops)."""
-    shallow = copy.copy(pipe)
-    shallow.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
-    return shallow
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

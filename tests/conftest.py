@@ -61,6 +61,11 @@ def make_image_folder(tmp_path):
     return build
 
 
+def images_of(index) -> dict[int, np.ndarray]:
+    """The pixels of a generated-images index, by prompt row."""
+    return {int(r): np.asarray(Image.open(p)) for r, p in zip(index["row"], index["path"])}
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

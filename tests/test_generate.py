@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import images_of
 from contam import fit_generator, generate, prompts
 from contam.gather import gather
 from contam.io import read_parquet, write_json, write_parquet
@@ -33,10 +34,6 @@ def tiny_generator(tmp_path_factory) -> Path:
 
 def table(per_class=4):
     return prompts.plain_prompts(CLASSES, "photo of the digit {name}", per_class, base_seed=42)
-
-
-def images_of(index: pd.DataFrame) -> dict[int, np.ndarray]:
-    return {int(r): np.asarray(Image.open(p)) for r, p in zip(index["row"], index["path"])}
 
 
 def test_shards_partition_rows_by_fixed_rule():

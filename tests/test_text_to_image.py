@@ -18,7 +18,7 @@ from PIL import Image
 from contam import generate, prompts, random_pipelines
 from contam.images import image_problem
 
-from conftest import REPO
+from conftest import REPO, images_of
 
 CLASSES = pd.DataFrame({"label": range(3), "folder": ["n1", "n2", "n3"], "names": ["tench, Tinca tinca", "goldfish", "great white shark, white shark"]})
 CPU = torch.device("cpu")
@@ -30,10 +30,6 @@ def gen_config(model: Path, **overrides) -> dict:
 
 def rows_of(per_class: int = 4) -> pd.DataFrame:
     return prompts.complex_prompts(CLASSES, per_class, base_seed=42)
-
-
-def images_of(index: pd.DataFrame) -> dict[int, np.ndarray]:
-    return {int(r): np.asarray(Image.open(p)) for r, p in zip(index["row"], index["path"])}
 
 
 def test_tiny_pipeline_loads_by_path_with_every_scheduler(tiny_sd):

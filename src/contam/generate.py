@@ -146,7 +146,8 @@ class DiffusersSampler:
 
     The starting noise of each image comes from its own CPU ``torch.Generator``,
     so an image depends only on its prompt and seed, on any device and in any
-    batch. Safety-checker flags are returned, never written as black frames.
+    batch, up to the float rounding of batched kernels (see
+    docs/architecture.md). Safety-checker flags are returned with the images.
     """
 
     def __init__(self, gen_config: dict, device: torch.device, attention: str = "sdpa", compile_unet: bool = False, pipe=None):
@@ -269,10 +270,12 @@ def generate_shard(
     with ThreadPoolExecutor(max(writer_threads, 1)) as pool:
         found = list(pool.map(lambda r: _finished_attempt(images_dir, r, options, unsafe.attempts), row_ids))
     kept_attempt = {r: a for r, a in zip(row_ids, found) if a is not None}
+    resumed = len(kept_attempt)
     work = rows[[a is None for a in found]].assign(attempt=0)
-    log.info("shard: %d images, %d already on disk, %d to generate (%d stale temporary files removed)", len(rows), len(kept_attempt), len(work), stale)
+    log.info("shard: %d images, %d already on disk, %d to generate (%d stale temporary files removed)", len(rows), resumed, len(work), stale)
 
-    problems: dict[int, str] = {}
+    invalid: dict[int, str] = {}
+    dropped_unsafe: list[int] = []
     flagged: list[list[int]] = []
     meter = Throughput()
     pending: list[Future] = []
@@ -286,14 +289,11 @@ def generate_shard(
                     row = int(row)
                     if is_unsafe:
                         flagged.append([row, int(seed)])
-                        if attempt + 1 < unsafe.attempts:
-                            retry.append(row)
-                        else:
-                            problems[row] = "flagged by the safety checker"
+                        (retry if attempt + 1 < unsafe.attempts else dropped_unsafe).append(row)
                         continue
                     reason = image_problem(image, sampler.image_hw)
                     if reason:
-                        problems[row] = reason
+                        invalid[row] = reason
                         continue
                     kept_attempt[row] = int(attempt)
                     path = image_path(images_dir, row, int(attempt), options.image_format)
@@ -310,7 +310,9 @@ def generate_shard(
             future.result()
     if meter.count:
         log.info("generated %s images", meter)
-    for row, reason in list(problems.items())[:20]:
+    if dropped_unsafe:
+        log.warning("%d rows dropped after %d flagged attempts each, e.g. rows %s", len(dropped_unsafe), unsafe.attempts, dropped_unsafe[:20])
+    for row, reason in list(invalid.items())[:20]:
         log.warning("row %d not kept: %s", row, reason)
 
     kept = rows[[r in kept_attempt for r in row_ids]].copy()
@@ -320,15 +322,14 @@ def generate_shard(
     kept["path"] = [str(image_path(images_dir, int(r), int(a), options.image_format)) for r, a in zip(kept["row"], attempts)]
     kept["generator"] = generator_name
     kept["settings_id"] = settings_id
-    resumed = len(rows) - int(np.sum([a is None for a in found]))
     counts = {
         "rows": len(rows),
         "resumed": resumed,
         "generated": len(kept) - resumed,
         "regenerated": int(sum(1 for r, a in kept_attempt.items() if a > 0)),
         "flagged": len(flagged),
-        "dropped_unsafe": sum(1 for r in problems.values() if r.startswith("flagged")),
-        "dropped_invalid": sum(1 for r in problems.values() if not r.startswith("flagged")),
+        "dropped_unsafe": len(dropped_unsafe),
+        "dropped_invalid": len(invalid),
         "images_per_s": round(meter.rate, 3) if meter.count else None,
         "flagged_rows": flagged,
     }

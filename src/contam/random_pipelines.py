@@ -45,7 +45,6 @@ SHAPES = {
         "vae": {"block_out_channels": (32, 64), "layers_per_block": 1, "sample_size": 32},
         "text": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "projection_dim": 32},
         "vision": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8, "projection_dim": 32},
-        "image_size": 32,
     },
     # diffusers' and OpenAI's published configs of SD 1.5 and CLIP ViT-L/14.
     "sd15": {
@@ -61,7 +60,6 @@ SHAPES = {
         "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "sample_size": 512},
         "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "projection_dim": 768},
         "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 768},
-        "image_size": 512,
     },
 }
 
@@ -135,10 +133,6 @@ def save_pipeline(out: str | Path, shape: str = "tiny", seed: int = 0, safety_ch
     out = Path(out)
     build_pipeline(shape, seed, safety_checker).save_pretrained(out, safe_serialization=True)
     return out
-
-
-def default_image_size(shape: str) -> int:
-    return SHAPES[shape]["image_size"]
 
 
 def main(argv: list[str] | None = None) -> None:
