@@ -111,6 +111,7 @@ def test_generation_only_config_needs_no_study_keys(coco_config):
         (lambda c: c["sources"]["sd_coco"].update(prompts={"style": "plain"}), "real"),
         (lambda c: c.pop("task"), "real"),  # the classification study needs its real data
         (lambda c: c["generators"]["sd_v1_1"].update(height=500), "generators.sd_v1_1.height"),
+        (lambda c: c["generators"]["sd_v1_1"].update(scheduler="pndm", steps=3), "generators.sd_v1_1.steps"),
         (lambda c: c["generators"]["sd_v1_1"].update(on_unsafe="blur"), "on_unsafe"),
         (lambda c: c["sources"]["sd_coco"]["prompts"].pop("captions"), "sources.sd_coco.prompts.captions"),
     ],

@@ -226,6 +226,9 @@ def _check_generators(config: dict, problems: list[str]) -> None:
             problems.append(f"generators.{name}.model: required for a diffusers generator")
         if gen["kind"] == "diffusers" and (gen.get("height", 512) % 8 or gen.get("width", 512) % 8):
             problems.append(f"generators.{name}.height/width: diffusers pipelines need multiples of 8")
+        if gen.get("scheduler") == "pndm" and gen.get("steps", 50) < 4:
+            # diffusers' PNDM fails mid-run below 4 steps (its warm-up needs them).
+            problems.append(f"generators.{name}.steps: the pndm scheduler needs at least 4 steps")
 
     for name, src in config["sources"].items():
         key = f"sources.{name}"
