@@ -27,7 +27,7 @@ def validated(config: dict) -> dict:
     """Validate like the Snakefile does: schema (with defaults), then semantics."""
     from snakemake.utils import validate
 
-    from contam.config import check_semantics
+    from contam.config_checks import check_semantics
 
     validate(config, str(SCHEMA))
     check_semantics(config)
@@ -110,7 +110,7 @@ def tiny_config(default: dict) -> dict:
     config = yaml.safe_load(yaml.safe_dump(default))
     config["experiment"] = "tiny"
     config["real"]["image_size"] = 8
-    config["real"]["split_fractions"] = {"train": 0.1, "control": 0.12, "test": 0.1}
+    config["real"]["split_fractions"] = {"train": 0.1, "control": 0.12, "validation": 0.05, "reference": 0.12, "test": 0.1}
     config["generators"]["digits_ddim"]["image_size"] = 8
     config["generators"]["digits_ddim"]["fit"].update(steps=30, block_channels=[16, 32])
     config["generators"]["digits_ddim"]["sample"]["steps"] = 4

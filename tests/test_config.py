@@ -3,6 +3,7 @@ from snakemake.exceptions import WorkflowError
 
 from conftest import validated
 from contam import config as cfg
+from contam import config_checks, config_paths, layout
 
 
 def test_default_config_is_valid(default_config):
@@ -24,11 +25,22 @@ def test_default_config_is_valid(default_config):
         (lambda c: c["real"]["split_fractions"].update(train=0.9), "real.split_fractions"),
         (lambda c: c["sources"].update(real={"origin": "control", "real_split": "control"}), "real"),
         (lambda c: c["sources"]["generated"]["prompts"].update(template="no placeholder"), "sources.generated.prompts.template"),
+        # Names become path components: nothing may climb out of results/.
+        (lambda c: c.update(experiment=".."), "experiment"),
+        (lambda c: c.update(experiment="a/b"), "experiment"),
+        (lambda c: c["models"].update({"..": {"arch": "resnet18"}}), "models"),
+        (lambda c: c["evaluation"].update(ood_sets={"a/b": {"root": "/x"}}), "ood_sets"),
+        (lambda c: c["generators"].update({"../g": c["generators"]["digits_ddim"]}), "generators"),
+        (lambda c: c.update(results_dir="../elsewhere"), "results_dir"),
+        (lambda c: c.update(results_dir="results/../../elsewhere"), "results_dir"),
+        # The distribution analysis's reference must be a split nothing trains on.
+        (lambda c: c["analysis"].update(reference_split="train"), "analysis.reference_split"),
+        (lambda c: c["real"]["split_fractions"].pop("reference"), "analysis.reference_split"),
     ],
 )
 def test_bad_config_fails_naming_the_key(default_config, mutate, key):
     mutate(default_config)
-    with pytest.raises((WorkflowError, cfg.ConfigError)) as error:
+    with pytest.raises((WorkflowError, config_checks.ConfigError)) as error:
         validated(default_config)
     assert key in str(error.value)
 
@@ -36,7 +48,7 @@ def test_bad_config_fails_naming_the_key(default_config, mutate, key):
 def test_missing_paths_are_named(default_config, tmp_path):
     default_config["real"] = {"kind": "image_folder", "root": str(tmp_path / "absent"), "test_root": str(tmp_path), "class_index": str(tmp_path / "classes.txt"), "num_classes": 2}
     default_config["sources"]["control"] = {"origin": "control", "root": str(tmp_path / "webvision")}
-    problems = cfg.missing_paths(default_config)
+    problems = config_paths.missing_paths(default_config)
     assert any(p.startswith("real.root:") for p in problems)
     assert any(p.startswith("real.class_index:") for p in problems)
     assert any(p.startswith("sources.control.root:") for p in problems)
@@ -45,7 +57,7 @@ def test_missing_paths_are_named(default_config, tmp_path):
 
 def test_image_folder_requires_its_keys(default_config):
     default_config["real"] = {"kind": "image_folder"}
-    with pytest.raises(cfg.ConfigError) as error:
+    with pytest.raises(config_checks.ConfigError) as error:
         validated(default_config)
     for key in ("real.root", "real.test_root", "real.class_index", "real.num_classes"):
         assert key in str(error.value)
@@ -53,7 +65,7 @@ def test_image_folder_requires_its_keys(default_config):
 
 @pytest.mark.parametrize("ratio, tag", [(0, "0.0"), (0.0, "0.0"), (0.2, "0.2"), (0.25, "0.25"), (1, "1.0"), (1.0, "1.0")])
 def test_ratio_tag(ratio, tag):
-    assert cfg.ratio_tag(ratio) == tag
+    assert layout.ratio_tag(ratio) == tag
 
 
 def test_runs_share_ratio_zero(default_config):
@@ -77,7 +89,7 @@ def test_training_recipe_overrides_merge(default_config):
 def test_timm_model_list_matches_installed_timm():
     import timm
 
-    assert cfg.known_timm_models() == set(timm.list_models())
+    assert config_checks.known_timm_models() == set(timm.list_models())
 
 
 def test_command_line_overrides_get_yaml_types():
@@ -118,7 +130,7 @@ def test_generation_only_config_needs_no_study_keys(coco_config):
 )
 def test_bad_generation_config_fails_naming_the_key(coco_config, mutate, key):
     mutate(coco_config)
-    with pytest.raises((WorkflowError, cfg.ConfigError)) as error:
+    with pytest.raises((WorkflowError, config_checks.ConfigError)) as error:
         validated(coco_config)
     assert key in str(error.value)
 
@@ -126,5 +138,21 @@ def test_bad_generation_config_fails_naming_the_key(coco_config, mutate, key):
 def test_coco_prompts_cannot_train_a_classifier(default_config):
     default_config["generators"]["sd"] = {"kind": "diffusers", "model": "/w"}
     default_config["sources"]["generated"].update(generator="sd", prompts={"style": "coco", "captions": "/c.json"})
-    with pytest.raises(cfg.ConfigError, match="sources.generated.prompts.style"):
+    with pytest.raises(config_checks.ConfigError, match="sources.generated.prompts.style"):
         validated(default_config)
+
+
+def test_absolute_results_dir_is_taken_as_meant(default_config, tmp_path):
+    default_config["results_dir"] = str(tmp_path / "elsewhere")
+    validated(default_config)
+
+
+def test_hub_ids_are_an_explicit_opt_in(default_config):
+    default_config["generators"]["sd"] = {"kind": "diffusers", "model": "CompVis/stable-diffusion-v1-1"}
+    validated(default_config)
+    problems = config_paths.missing_paths(default_config)
+    assert any(p.startswith("generators.sd.model:") and "allow_download" in p for p in problems)
+    assert not config_paths.hub_downloads_allowed(default_config)
+    default_config["generators"]["sd"]["allow_download"] = True
+    assert not any(p.startswith("generators.sd.model:") for p in config_paths.missing_paths(default_config))
+    assert config_paths.hub_downloads_allowed(default_config)

@@ -156,3 +156,76 @@ def test_gather_joins_shards(tmp_path):
     index, totals = gather([tmp_path / "shard-0.parquet", tmp_path / "shard-1.parquet"], [tmp_path / "shard-0.json", tmp_path / "shard-1.json"])
     assert list(index["row"]) == list(range(12))
     assert totals == {"shards": 2, "images": 12, "rows": 12, "generated": 10}
+
+
+# ---- image identity: a kept image is one made from the same weights and row ----
+
+EMBEDDED = {"kind": "embedded", "image_size": 8, "seed": 0, "sample": SAMPLE}
+EXECUTION = {"device": "cpu", "allow_cpu_fallback": False, "generate_batch_size": 5, "generate_attention": "sdpa", "generate_compile": False}
+
+
+def run_shard(model_dir, rows, out, batch_size=5):
+    settings = {"generator_name": "g", "generator": EMBEDDED, "prompts": {}}
+    index_path, counts_path = out / "shard-0.parquet", out / "shard-0.json"
+    counts = generate.run_shard(
+        settings, rows, shards=1, shard=0, model_dir=model_dir, images_root=out,
+        execution={**EXECUTION, "generate_batch_size": batch_size}, gpus=0, threads=1,
+        index_path=index_path, counts_path=counts_path,
+    )
+    return read_parquet(index_path), counts
+
+
+@pytest.fixture
+def generator_copy(tiny_generator, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_generator, tmp_path / "generator"))
+
+
+def test_batch_size_remakes_nothing(generator_copy, tmp_path):
+    rows = table()
+    first, counts = run_shard(generator_copy, rows, tmp_path / "out", batch_size=5)
+    assert counts["generated"] == 12
+    again, counts = run_shard(generator_copy, rows, tmp_path / "out", batch_size=3)
+    assert counts["resumed"] == 12 and counts["generated"] == 0
+    assert list(again["path"]) == list(first["path"])
+
+
+def test_replaced_weights_regenerate_every_image(generator_copy, tmp_path):
+    rows = table()
+    before, _ = run_shard(generator_copy, rows, tmp_path / "out")
+    # New weights in place, under the same folder and file names.
+    torch.manual_seed(1)
+    unet = fit_generator.build_unet(image_size=8, num_classes=3, block_channels=[8, 16], layers_per_block=1)
+    unet.save_pretrained(generator_copy / "unet", safe_serialization=True)
+    after, counts = run_shard(generator_copy, rows, tmp_path / "out")
+    assert counts["resumed"] == 0 and counts["generated"] == 12
+    assert before["settings_id"].iloc[0] != after["settings_id"].iloc[0]
+    old, new = images_of(before), images_of(after)
+    assert not any(np.array_equal(old[r], new[r]) for r in old)
+
+
+def test_reordered_class_index_never_keeps_a_mislabelled_image(generator_copy, tmp_path):
+    before, _ = run_shard(generator_copy, table(), tmp_path / "out")
+    swapped = CLASSES.assign(names=["one", "zero", "two"])  # labels 0 and 1 trade names
+    rows = prompts.plain_prompts(swapped, "photo of the digit {name}", 4, base_seed=42)
+    after, counts = run_shard(generator_copy, rows, tmp_path / "out")
+    # Rows of the untouched class are kept; the others are made again for their new prompts.
+    assert counts["resumed"] == 4 and counts["generated"] == 8
+    kept = after[after["label"] == 2]
+    assert list(kept["path"]) == list(before[before["label"] == 2]["path"])
+    for _, row in after.iterrows():
+        assert row["prompt"] == f"photo of the digit {['one', 'zero', 'two'][row['label']]}"
+    remade = after[after["label"] != 2]
+    assert not set(remade["path"]) & set(before["path"])
+
+
+def test_weights_fingerprint_sees_every_weight_file(generator_copy):
+    from contam import identity
+
+    first = identity.weights_fingerprint(generator_copy)
+    (generator_copy / "fit_summary.json").write_text("{\"seconds\": 1}")  # a log, not weights
+    assert identity.weights_fingerprint(generator_copy) == first
+    config = generator_copy / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace("squaredcos_cap_v2", "linear"))
+    assert identity.weights_fingerprint(generator_copy) != first

@@ -64,7 +64,8 @@ def test_image_folder_study_with_ood_set(tmp_path):
         "seeds": [0],
         "evaluation": {"ood_sets": {"x": {"root": str(ood)}}},
         "analysis": {"enabled": False},
-        "execution": {"device": "cpu", "eval_batch_size": 16},
+        # Two training processes over gloo on a machine without GPUs.
+        "execution": {"device": "cpu", "eval_batch_size": 16, "allow_cpu_fallback": True},
         "resources": {"train": {"gpu": 2, "threads": 2}},
     }
     path = write_yaml(tmp_path / "folders.yaml", config)

@@ -150,6 +150,7 @@ def study(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm-study")
     config = tiny_config(copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
     config["resources"]["train"]["gpu"] = 1  # a GPU rule: sbatch --gpus=1 on the fake GPUs
+    config["execution"]["allow_cpu_fallback"] = True  # torch finds no CUDA behind them
     config_path = write_yaml(root / "tiny.yaml", config)
     plan = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", str(config_path), cwd=root, env=cluster).stdout)
     start = time.perf_counter()

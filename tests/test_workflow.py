@@ -66,6 +66,31 @@ def test_missing_data_path_fails_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
+def test_changed_real_data_regenerates_every_image(tmp_path, default_config):
+    """The embedded generator is refitted when the real data change; its images must be too."""
+    config = tiny_config(default_config)
+    config.update(task="generation", experiment="gen")
+    config["sources"] = {"generated": config["sources"]["generated"]}
+    path = write_yaml(tmp_path / "gen.yaml", config)
+    counts_file, index_file = tmp_path / "results/gen/generated/generated.json", tmp_path / "results/gen/generated/generated.parquet"
+    snakemake("--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    first = read_parquet(index_file)
+    assert json.loads(counts_file.read_text())["generated"] == len(first) == 220
+
+    # A speed-only knob, even with the shards forced to run again, remakes nothing.
+    snakemake("--cores", "2", "--configfile", str(path), "--forcerun", "generate_shard", "--config", "execution={generate_batch_size: 7}", cwd=tmp_path)
+    counts = json.loads(counts_file.read_text())
+    assert counts["resumed"] == 220 and counts["generated"] == 0
+
+    config["real"]["split_fractions"]["train"] = 0.12
+    write_yaml(path, config)
+    snakemake("--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    counts = json.loads(counts_file.read_text())
+    assert counts["resumed"] == 0 and counts["generated"] == 220
+    assert set(read_parquet(index_file)["settings_id"]).isdisjoint(first["settings_id"])
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """The whole DAG on a tiny digits config, run once for the tests below."""

@@ -18,8 +18,6 @@ layer of a classifier the workflow trained on real data only (the ratio-0 run).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from pathlib import Path
 
@@ -72,12 +70,168 @@ def inception_features(weights: str | Path, paths: list[str], device, batch_size
     return get_files_features(paths, model=lambda x: model(x), num_workers=num_workers, batch_size=batch_size, device=device, mode="clean", verbose=True)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    from cleanfid.fid import frechet_distance as fd
+# ---- comparing a feature set with the held-out real reference split --------
 
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    return float(fd(mu_a, sigma_a, mu_b, sigma_b))
+PRDC_KEYS = ("precision", "recall", "density", "coverage")
+BOOTSTRAP_METHOD = (
+    "percentile, 95 %: both sets resampled independently with replacement within each class; "
+    "k-NN radii count other points with their multiplicity and never a point's own copies"
+)
+NEIGHBOURS_KEPT = 64  # nearest neighbours listed per point; a resampled k-NN radius lies among them
+_BLOCK = 2**22  # distance-matrix entries computed at a time (32 MiB of float64)
+
+
+def reference_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves (A, B) of the reference split, stratified by class: sorted index arrays.
+
+    Every member gets a seeded random key; within each class the members with the
+    smaller keys form half A. An odd member goes to A, the half every source is
+    compared with; B serves only as the real-vs-real floor.
+    """
+    labels = np.asarray(labels)
+    keys = rng(seed, "reference-halves").random(len(labels))
+    half_a, half_b = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[np.argsort(keys[members], kind="stable")]
+        half_a.append(members[: (len(members) + 1) // 2])
+        half_b.append(members[(len(members) + 1) // 2 :])
+    return np.sort(np.concatenate(half_a)), np.sort(np.concatenate(half_b))
+
+
+def comparison_size(reference_labels: np.ndarray, max_per_class: int, seed: int) -> int:
+    """Images per class in every comparison: max_per_class, or fewer if a reference half has fewer."""
+    labels = np.asarray(reference_labels)
+    classes = np.unique(labels)
+    size = max_per_class
+    for name, half in zip("AB", reference_halves(labels, seed)):
+        counts = np.array([np.sum(labels[half] == label) for label in classes])
+        if counts.min() < 2:
+            raise ValueError(f"reference split: half {name} has {counts.min()} image(s) of class {classes[counts.argmin()]}; every class needs at least 4 reference images")
+        size = min(size, int(counts.min()))
+    return size
+
+
+def stratified_subsample(labels: np.ndarray, classes: np.ndarray, n_per_class: int, generator: np.random.Generator, what: str) -> np.ndarray:
+    """Indices of exactly ``n_per_class`` members of each class, drawn without replacement, grouped by class."""
+    labels = np.asarray(labels)
+    extra = np.setdiff1d(np.unique(labels), classes)
+    if len(extra):
+        raise ValueError(f"{what} has classes the reference split lacks: {extra.tolist()}")
+    picked = []
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        if len(members) < n_per_class:
+            raise ValueError(f"{what} has {len(members)} images of class {label}, fewer than the {n_per_class} per class that every comparison uses")
+        picked.append(np.sort(generator.choice(members, n_per_class, replace=False)))
+    return np.concatenate(picked)
+
+
+def pairwise_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    squared = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
+    return np.sqrt(np.maximum(squared, 0))
+
+
+def nearest_neighbours(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances to and indices of each point's ``size`` nearest other points, nearest first."""
+    n = len(x)
+    size = min(size, n - 1)
+    dist, index = np.empty((n, size)), np.empty((n, size), np.int64)
+    step = max(1, _BLOCK // n)
+    for start in range(0, n, step):
+        d = pairwise_distances(x[start : start + step], x)
+        rows = np.arange(len(d))
+        d[rows, start + rows] = np.inf  # not its own neighbour
+        part = np.argpartition(d, size - 1, axis=1)[:, :size]
+        near = np.take_along_axis(d, part, 1)
+        order = np.argsort(near, axis=1, kind="stable")
+        dist[start : start + step] = np.take_along_axis(near, order, 1)
+        index[start : start + step] = np.take_along_axis(part, order, 1)
+    return dist, index
+
+
+def manifolds(real: np.ndarray, fake: np.ndarray, nearest_k: int) -> dict:
+    """What precision/recall/density/coverage need, for the full sets and any resample of them.
+
+    Each point's nearest neighbours within its set, and every real-fake pair that
+    is closer than the largest k-NN radius either point can have in a resample.
+    """
+    if min(len(real), len(fake)) <= nearest_k:
+        raise ValueError(f"precision/recall with nearest_k={nearest_k} need more than {nearest_k} images per set, got {len(real)} and {len(fake)}")
+    result = {"k": nearest_k, "real": nearest_neighbours(real, NEIGHBOURS_KEPT), "fake": nearest_neighbours(fake, NEIGHBOURS_KEPT)}
+    # with a full neighbour list a radius can be infinite (fewer than k others in a resample)
+    limit = [np.inf if d.shape[1] == len(x) - 1 else d[:, -1] for x, (d, _) in ((real, result["real"]), (fake, result["fake"]))]
+    limit = [np.broadcast_to(lim, (len(x),)) for lim, x in zip(limit, (real, fake))]
+    pairs = []
+    step = max(1, _BLOCK // len(fake))
+    for start in range(0, len(real), step):
+        d = pairwise_distances(real[start : start + step], fake)
+        i, j = np.nonzero((d < limit[0][start : start + step, None]) | (d < limit[1][None, :]))
+        pairs.append((start + i, j, d[i, j]))
+    result["pairs"] = tuple(np.concatenate(p) for p in zip(*pairs))
+    return result
+
+
+def knn_radii(neighbours: tuple[np.ndarray, np.ndarray], weights: np.ndarray, k: int) -> np.ndarray:
+    """Distance to the k-th nearest other point, counting each point ``weights`` times.
+
+    A point's own copies in a resample are not its neighbours, so no radius is 0
+    merely because a point was drawn twice; other points count with their
+    multiplicity, so a resample of n points has the radii of n points, not of
+    its ~0.63 n distinct ones.
+    """
+    dist, index = neighbours
+    cumulative = np.cumsum(weights[index], axis=1)
+    enough = cumulative[:, -1] >= k
+    radii = dist[np.arange(len(dist)), np.argmax(cumulative >= k, axis=1)]
+    if dist.shape[1] == len(dist) - 1:
+        radii[~enough] = np.inf
+    elif np.any(~enough & (weights > 0)):
+        raise RuntimeError(f"a resampled point has fewer than {k} neighbours among its {dist.shape[1]} nearest; raise NEIGHBOURS_KEPT")
+    return radii
+
+
+def prdc(m: dict, real_weights: np.ndarray | None = None, fake_weights: np.ndarray | None = None) -> dict:
+    """Precision, recall, density and coverage (Naeem et al. 2020) of a weighted resample.
+
+    Weights are multiplicities (all 1: the ``prdc`` package's values).
+    """
+    k, (i, j, d) = m["k"], m["pairs"]
+    wr = np.ones(len(m["real"][0])) if real_weights is None else np.asarray(real_weights, float)
+    wf = np.ones(len(m["fake"][0])) if fake_weights is None else np.asarray(fake_weights, float)
+    live = (wr[i] > 0) & (wf[j] > 0)
+    in_real_ball = live & (d < knn_radii(m["real"], wr, k)[i])
+    in_fake_ball = live & (d < knn_radii(m["fake"], wf, k)[j])
+    return {
+        "precision": float(wf[np.unique(j[in_real_ball])].sum() / wf.sum()),
+        "recall": float(wr[np.unique(i[in_fake_ball])].sum() / wr.sum()),
+        "density": float((wr[i] * wf[j])[in_real_ball].sum() / (k * wf.sum())),
+        "coverage": float(wr[np.unique(i[in_real_ball])].sum() / wr.sum()),
+    }
+
+
+def covariance_factor(x: np.ndarray) -> np.ndarray:
+    """F with F @ F.T == np.cov(x, rowvar=False), d x min(n, d)."""
+    centred = x - x.mean(0)
+    if len(x) <= x.shape[1]:
+        return centred.T / np.sqrt(len(x) - 1)
+    values, vectors = np.linalg.eigh(centred.T @ centred / (len(x) - 1))
+    return vectors * np.sqrt(np.clip(values, 0, None))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """FID of two feature sets, without a d x d matrix square root.
+
+    For any factors cov_a = Fa Fa.T and cov_b = Fb Fb.T, the nonzero eigenvalues
+    of cov_a cov_b are the squared singular values of Fa.T Fb, so tr sqrtm(cov_a
+    cov_b) is their sum. This equals clean-fid's frechet_distance (scipy sqrtm)
+    to rounding where the covariances have full rank, and stays exact when n <= d
+    makes them singular; with n <= d it costs an n x n SVD.
+    """
+    fa, fb = covariance_factor(a), covariance_factor(b)
+    diff = a.mean(0) - b.mean(0)
+    root_trace = np.linalg.svd(fa.T @ fb, compute_uv=False).sum()
+    return float(diff @ diff + (fa * fa).sum() + (fb * fb).sum() - 2 * root_trace)
 
 
 def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int, subset_size: int, seed: int) -> float:
@@ -92,47 +246,94 @@ def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int, subset_size: int
         np.random.set_state(state)
 
 
-def prdc(real: np.ndarray, fake: np.ndarray, nearest_k: int) -> dict:
-    from prdc import compute_prdc
-
-    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints sizes on every call
-        result = compute_prdc(real_features=real, fake_features=fake, nearest_k=nearest_k)
-    return {k: float(v) for k, v in result.items()}
-
-
 def mean_pairwise_distance(x: np.ndarray) -> float:
     if len(x) < 2:
         return float("nan")
-    squared = (x * x).sum(1)
-    d2 = np.maximum(squared[:, None] + squared[None, :] - 2 * x @ x.T, 0)
-    return float(np.sqrt(d2)[np.triu_indices(len(x), 1)].mean())
+    return float(pairwise_distances(x, x)[np.triu_indices(len(x), 1)].mean())
 
 
-def compare(real: np.ndarray, real_labels: np.ndarray, other: np.ndarray, other_labels: np.ndarray, nearest_k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0) -> dict:
-    """Whole-set and per-class distances between real features and another set's."""
-    real = real.astype(np.float64)
-    other = other.astype(np.float64)
-    whole = {
-        "n_real": int(len(real)),
-        "n_other": int(len(other)),
-        "fid": frechet_distance(real, other),
-        "kid": kernel_distance(real, other, kid_subsets, kid_subset_size, seed),
-        **prdc(real, other, nearest_k),
-    }
-    per_class = []
-    diversity_ratios = []
-    for label in np.intersect1d(np.unique(real_labels), np.unique(other_labels)):
-        r, o = real[real_labels == label], other[other_labels == label]
-        k = min(nearest_k, len(r) - 1, len(o) - 1)
-        row = {"label": int(label), "n_real": int(len(r)), "n_other": int(len(o))}
-        if k >= 1:
-            row.update(prdc(r, o, k))
-        div_real, div_other = mean_pairwise_distance(r), mean_pairwise_distance(o)
-        row.update(diversity_real=div_real, diversity_other=div_other, diversity_ratio=div_other / div_real if div_real else float("nan"))
-        diversity_ratios.append(row["diversity_ratio"])
-        per_class.append(row)
-    whole["diversity_ratio"] = float(np.nanmean(diversity_ratios)) if diversity_ratios else float("nan")
-    for key in ("precision", "recall", "density", "coverage"):
-        values = [row[key] for row in per_class if key in row]
-        whole[f"class_mean_{key}"] = float(np.mean(values)) if values else float("nan")
-    return {"whole": whole, "per_class": per_class}
+def bootstrap_replicates(reference: np.ndarray, other: np.ndarray, classes: int, m: dict, resamples: int, generator: np.random.Generator) -> dict:
+    """FID and PRDC of ``resamples`` resamples; both sets are grouped by class in equal blocks.
+
+    Each set is resampled independently, with replacement within each class
+    (stratified), and PRDC counts multiplicities as ``knn_radii`` explains.
+    """
+    n = len(reference)
+    offsets = np.repeat(np.arange(classes) * (n // classes), n // classes)
+    out = {key: np.empty(resamples) for key in ("fid", *PRDC_KEYS)}
+    for b in range(resamples):
+        pick_ref = offsets + generator.integers(0, n // classes, n)
+        pick_other = offsets + generator.integers(0, n // classes, n)
+        out["fid"][b] = frechet_distance(reference[pick_ref], other[pick_other])
+        values = prdc(m, np.bincount(pick_ref, minlength=n), np.bincount(pick_other, minlength=n))
+        for key in PRDC_KEYS:
+            out[key][b] = values[key]
+    return out
+
+
+def per_class_rows(reference: np.ndarray, other: np.ndarray, labels: np.ndarray, nearest_k: int) -> list[dict]:
+    """PRDC and diversity of each class; both sets hold the same classes and counts (``labels``)."""
+    rows = []
+    for label in np.unique(labels):
+        r, o = reference[labels == label], other[labels == label]
+        row = {"label": int(label), "n_reference": len(r), "n_other": len(o), **prdc(manifolds(r, o, min(nearest_k, len(r) - 1)))}
+        div_ref, div_other = mean_pairwise_distance(r), mean_pairwise_distance(o)
+        row.update(diversity_reference=div_ref, diversity_other=div_other, diversity_ratio=div_other / div_ref if div_ref else float("nan"))
+        rows.append(row)
+    return rows
+
+
+def compare_to_reference(reference: dict, other: dict | None, *, max_per_class: int, nearest_k: int, kid_subsets: int, kid_subset_size: int, bootstrap: int, seed: int) -> dict:
+    """Distances between a feature set and half A of the reference split, with bootstrap intervals.
+
+    ``reference`` and ``other`` are dicts as read_features returns; ``other=None``
+    compares half B with half A (the real-vs-real floor). Both sides are
+    subsampled (seeded, stratified) to comparison_size images per class, so every
+    metric of every comparison has the same sample size.
+    """
+    labels = np.asarray(reference["labels"])
+    classes = np.unique(labels)
+    n_per_class = comparison_size(labels, max_per_class, seed)
+    half_a, half_b = reference_halves(labels, seed)
+    source, what = ((reference, half_b), "half B of the reference split") if other is None else ((other, slice(None)), "the compared set")
+    pick_ref = half_a[stratified_subsample(labels[half_a], classes, n_per_class, rng(seed, "reference-subsample"), "half A of the reference split")]
+    pick_other = stratified_subsample(np.asarray(source[0]["labels"])[source[1]], classes, n_per_class, rng(seed, "compared-subsample"), what)
+    ref = np.asarray(reference["features"], np.float64)[pick_ref]
+    oth = np.asarray(source[0]["features"], np.float64)[source[1]][pick_other]
+    m = manifolds(ref, oth, nearest_k)
+    whole = {"n_reference": len(ref), "n_other": len(oth), "fid": frechet_distance(ref, oth), "kid": kernel_distance(ref, oth, kid_subsets, kid_subset_size, seed), "kid_subset_size": min(kid_subset_size, len(ref)), **prdc(m)}
+    replicates = bootstrap_replicates(ref, oth, len(classes), m, bootstrap, rng(seed, "bootstrap"))
+    for key, values in replicates.items():
+        whole[f"{key}_ci95"] = np.percentile(values, [2.5, 97.5]).tolist() if bootstrap else None
+    per_class = per_class_rows(ref, oth, labels[pick_ref], nearest_k)
+    whole["diversity_ratio"] = float(np.nanmean([row["diversity_ratio"] for row in per_class]))
+    for key in PRDC_KEYS:
+        whole[f"class_mean_{key}"] = float(np.mean([row[key] for row in per_class]))
+    return {"reference": {"n_per_class": n_per_class, "classes": len(classes)}, "whole": whole, "per_class": per_class, "bootstrap": {"resamples": bootstrap, "method": BOOTSTRAP_METHOD}}
+
+
+# ---- file formats: each has its one writer and its one reader here ----------
+
+
+def write_features(path: str | Path, features: np.ndarray, labels: np.ndarray, paths: list[str]) -> None:
+    from contam.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, features=features, labels=np.asarray(labels, np.int64), paths=np.array(paths))
+
+
+def read_features(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key] for key in ("features", "labels", "paths")}
+
+
+def write_comparison(result: dict, path: str | Path) -> None:
+    from contam.io import write_json
+
+    write_json(result, path)
+
+
+def read_comparison(path: str | Path) -> dict:
+    import json
+
+    return json.loads(Path(path).read_text())

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from contam.io import write_json
 from contam.models import ManifestDataset, create_model, eval_transform
 
 log = logging.getLogger(__name__)
@@ -79,3 +80,41 @@ def software_versions() -> dict:
         except PackageNotFoundError:
             versions[package] = None
     return versions
+
+
+# ---- metrics.json: its one writer and its one reader -------------------------
+#
+# {"run": {"source", "ratio", "model", "seed"}, "processes": training processes
+#  (the effective batch is batch_size x processes), "device": what evaluated,
+#  "test": accuracy, "validation": accuracy (when the real index has that split),
+#  "ood": {name: accuracy}, "fingerprint": the training run's fingerprint,
+#  "manifest_sha256", "versions"}
+
+
+def metrics_record(run: dict, processes: int, device: str, results: dict[str, dict], fingerprint: str, manifest_sha256: str, versions: dict) -> dict:
+    """The metrics.json record of one run from :func:`evaluate_sets`' ``results``.
+
+    ``results`` must hold "test"; "validation" is kept apart when present, and
+    every other set counts as out-of-distribution.
+    """
+    if "test" not in results:
+        raise ValueError(f"results lack the test set (they hold {sorted(results)})")
+    record = {"run": run, "processes": int(processes), "device": str(device), "test": results["test"]}
+    if "validation" in results:
+        record["validation"] = results["validation"]
+    record["ood"] = {name: result for name, result in results.items() if name not in ("test", "validation")}
+    record.update(fingerprint=fingerprint, manifest_sha256=manifest_sha256, versions=versions)
+    return record
+
+
+def write_metrics(record: dict, path: str | Path) -> None:
+    missing = {"run", "processes", "test"} - set(record)
+    if missing:
+        raise ValueError(f"metrics record lacks {sorted(missing)}")
+    write_json(record, path)
+
+
+def read_metrics(path: str | Path) -> dict:
+    import json
+
+    return json.loads(Path(path).read_text())

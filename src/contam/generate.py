@@ -12,8 +12,10 @@ seed or dropped (``UnsafePolicy``), and counted either way. Images of one flat
 colour or of the wrong size are dropped and counted.
 
 Images are written under ``images-<settings id>/`` (the id hashes every setting
-that changes pixels or files), each to a temporary name then renamed, by a
-thread pool so that encoding never stalls the model. A killed shard rerun keeps
+that changes pixels or files, and the generator's weight files), each named by
+its prompt row and a key of the row's prompt, label and seed
+(``contam.identity``), to a temporary name then renamed, by a thread pool so
+that encoding never stalls the model. A killed shard rerun keeps
 every image already on disk and generates only the rest. The shard's Parquet
 index is written last; a row exists only for a complete, valid image.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -32,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from contam.images import FORMATS, image_problem, is_complete_image, save_image
-from contam.io import stable_hash
+from contam.identity import row_keys
 from contam.logs import Throughput
 
 log = logging.getLogger(__name__)
@@ -208,32 +210,23 @@ class UnsafePolicy:
         return 1 + (self.max_regenerations if self.action == "regenerate" else 0)
 
 
-# Keys that decide only what happens to flagged images: changing them must not
-# move the finished images to a new folder (rows dropped before are retried).
-POLICY_KEYS = ("on_unsafe", "max_regenerations")
-
-
-def settings_id(settings: dict) -> str:
-    """Id of everything that changes an image's pixels or file."""
-    generator = {k: v for k, v in settings["generator"].items() if k not in POLICY_KEYS}
-    return stable_hash({**settings, "generator": generator})
-
-
 def attempt_seed(seed: int, attempt: int) -> int:
     """The seed of a regeneration: the next seeds after the row's own, in 63 bits."""
     return (int(seed) + int(attempt)) % (1 << 63)
 
 
-def image_path(images_dir: Path, row: int, attempt: int, image_format: str) -> Path:
-    """Images go 10,000 to a folder so that no folder grows huge; a regenerated
-    image carries its attempt, so a resumed shard knows which seed made it."""
+def image_path(images_dir: Path, row: int, key: str, attempt: int, image_format: str) -> Path:
+    """Images go 10,000 to a folder so that no folder grows huge. The name
+    carries the row's key (its prompt, label and seed: contam.identity.row_keys),
+    so a changed prompt table never reuses an image, and a regenerated image's
+    attempt, so a resumed shard knows which seed made it."""
     suffix = f"-r{attempt}" if attempt else ""
-    return images_dir / f"{row // 10000:04d}" / f"{row:08d}{suffix}{FORMATS[image_format][1]}"
+    return images_dir / f"{row // 10000:04d}" / f"{row:08d}-{key}{suffix}{FORMATS[image_format][1]}"
 
 
-def _finished_attempt(images_dir: Path, row: int, options: ImageOptions, attempts: int) -> int | None:
+def _finished_attempt(images_dir: Path, row: int, key: str, options: ImageOptions, attempts: int) -> int | None:
     for attempt in range(attempts):
-        if is_complete_image(image_path(images_dir, row, attempt, options.image_format)):
+        if is_complete_image(image_path(images_dir, row, key, attempt, options.image_format)):
             return attempt
     return None
 
@@ -252,6 +245,80 @@ def _remove_stale_temporaries(images_dir: Path, rows: list[int]) -> int:
     return removed
 
 
+@dataclass
+class ShardProgress:
+    """What happened to a shard's rows: the attempt kept per row, and what was not kept."""
+
+    kept: dict[int, int]
+    resumed: int
+    invalid: dict[int, str] = field(default_factory=dict)
+    dropped_unsafe: list[int] = field(default_factory=list)
+    flagged: list[list[int]] = field(default_factory=list)
+    meter: Throughput = field(default_factory=Throughput)
+
+    def take(self, batch: pd.DataFrame, images: np.ndarray, unsafe_flags: list[bool], image_hw, attempts: int) -> tuple[list, list[int]]:
+        """Sort one sampled batch into images to write and rows to retry."""
+        to_write, retry = [], []
+        for (row, key, seed, attempt), image, is_unsafe in zip(batch[["row", "key", "seed", "attempt"]].itertuples(index=False), images, unsafe_flags):
+            row = int(row)
+            if is_unsafe:
+                self.flagged.append([row, int(seed)])
+                (retry if attempt + 1 < attempts else self.dropped_unsafe).append(row)
+                continue
+            reason = image_problem(image, image_hw)
+            if reason:
+                self.invalid[row] = reason
+                continue
+            self.kept[row] = int(attempt)
+            to_write.append((row, key, int(attempt), image))
+        self.meter.add(len(batch))
+        return to_write, retry
+
+    def counts(self, rows: int) -> dict:
+        return {
+            "rows": rows,
+            "resumed": self.resumed,
+            "generated": len(self.kept) - self.resumed,
+            "regenerated": int(sum(1 for a in self.kept.values() if a > 0)),
+            "flagged": len(self.flagged),
+            "dropped_unsafe": len(self.dropped_unsafe),
+            "dropped_invalid": len(self.invalid),
+            "images_per_s": round(self.meter.rate, 3) if self.meter.count else None,
+            "flagged_rows": self.flagged,
+        }
+
+
+def _find_finished(images_dir: Path, rows: pd.DataFrame, options: ImageOptions, unsafe: UnsafePolicy, threads: int) -> dict[int, int]:
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        found = pool.map(lambda rk: _finished_attempt(images_dir, rk[0], rk[1], options, unsafe.attempts), zip(rows["row"].astype(int), rows["key"]))
+        return {int(r): a for r, a in zip(rows["row"], found) if a is not None}
+
+
+def _sample_missing(work: pd.DataFrame, progress: ShardProgress, images_dir: Path, sampler, batch_size: int, options: ImageOptions, unsafe: UnsafePolicy, writer_threads: int) -> None:
+    """Sample every row of ``work`` (retrying flagged ones) while a thread pool writes images."""
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max(writer_threads, 1)) as writers, tqdm(total=len(work), desc="generate", mininterval=10) as bar:
+        while len(work):
+            retry = []
+            for start in range(0, len(work), batch_size):
+                batch = work.iloc[start : start + batch_size]
+                images, unsafe_flags = sampler(batch)
+                to_write, again = progress.take(batch, images, unsafe_flags, sampler.image_hw, unsafe.attempts)
+                retry += again
+                for row, key, attempt, image in to_write:
+                    path = image_path(images_dir, row, key, attempt, options.image_format)
+                    pending.append(writers.submit(save_image, image, path, options.image_format, options.quality, options.storage_size))
+                # Bound the queue so memory stays flat while the model keeps going.
+                while len(pending) > 4 * batch_size:
+                    pending.pop(0).result()
+                bar.update(len(batch))
+            work = _next_attempts(work, retry)
+            bar.total += len(work)
+            bar.refresh()
+        for future in pending:
+            future.result()
+
+
 def generate_shard(
     rows: pd.DataFrame,
     images_dir: str | Path,
@@ -265,75 +332,32 @@ def generate_shard(
 ) -> tuple[pd.DataFrame, dict]:
     """Generate the missing images of ``rows``; return the shard index and counts."""
     images_dir = Path(images_dir)
-    row_ids = [int(r) for r in rows["row"]]
-    stale = _remove_stale_temporaries(images_dir, row_ids)
-    with ThreadPoolExecutor(max(writer_threads, 1)) as pool:
-        found = list(pool.map(lambda r: _finished_attempt(images_dir, r, options, unsafe.attempts), row_ids))
-    kept_attempt = {r: a for r, a in zip(row_ids, found) if a is not None}
-    resumed = len(kept_attempt)
-    work = rows[[a is None for a in found]].assign(attempt=0)
-    log.info("shard: %d images, %d already on disk, %d to generate (%d stale temporary files removed)", len(rows), resumed, len(work), stale)
-
-    invalid: dict[int, str] = {}
-    dropped_unsafe: list[int] = []
-    flagged: list[list[int]] = []
-    meter = Throughput()
-    pending: list[Future] = []
-    with ThreadPoolExecutor(max(writer_threads, 1)) as writers, tqdm(total=len(work), desc="generate", mininterval=10) as bar:
-        while len(work):
-            retry = []
-            for start in range(0, len(work), batch_size):
-                batch = work.iloc[start : start + batch_size]
-                images, unsafe_flags = sampler(batch)
-                for (row, seed, attempt), image, is_unsafe in zip(batch[["row", "seed", "attempt"]].itertuples(index=False), images, unsafe_flags):
-                    row = int(row)
-                    if is_unsafe:
-                        flagged.append([row, int(seed)])
-                        (retry if attempt + 1 < unsafe.attempts else dropped_unsafe).append(row)
-                        continue
-                    reason = image_problem(image, sampler.image_hw)
-                    if reason:
-                        invalid[row] = reason
-                        continue
-                    kept_attempt[row] = int(attempt)
-                    path = image_path(images_dir, row, int(attempt), options.image_format)
-                    pending.append(writers.submit(save_image, image, path, options.image_format, options.quality, options.storage_size))
-                # Bound the queue so memory stays flat while the model keeps going.
-                while len(pending) > 4 * batch_size:
-                    pending.pop(0).result()
-                meter.add(len(batch))
-                bar.update(len(batch))
-            work = _next_attempts(work, retry)
-            bar.total += len(work)
-            bar.refresh()
-        for future in pending:
-            future.result()
-    if meter.count:
-        log.info("generated %s images", meter)
-    if dropped_unsafe:
-        log.warning("%d rows dropped after %d flagged attempts each, e.g. rows %s", len(dropped_unsafe), unsafe.attempts, dropped_unsafe[:20])
-    for row, reason in list(invalid.items())[:20]:
+    rows = rows.assign(key=row_keys(rows))
+    stale = _remove_stale_temporaries(images_dir, [int(r) for r in rows["row"]])
+    kept = _find_finished(images_dir, rows, options, unsafe, writer_threads)
+    progress = ShardProgress(kept=kept, resumed=len(kept))
+    work = rows[~rows["row"].isin(kept)].assign(attempt=0)
+    log.info("shard: %d images, %d already on disk, %d to generate (%d stale temporary files removed)", len(rows), len(kept), len(work), stale)
+    _sample_missing(work, progress, images_dir, sampler, batch_size, options, unsafe, writer_threads)
+    if progress.meter.count:
+        log.info("generated %s images", progress.meter)
+    if progress.dropped_unsafe:
+        log.warning("%d rows dropped after %d flagged attempts each, e.g. rows %s", len(progress.dropped_unsafe), unsafe.attempts, progress.dropped_unsafe[:20])
+    for row, reason in list(progress.invalid.items())[:20]:
         log.warning("row %d not kept: %s", row, reason)
+    return _shard_index(rows, progress.kept, images_dir, options, generator_name, settings_id), progress.counts(len(rows))
 
-    kept = rows[[r in kept_attempt for r in row_ids]].copy()
-    attempts = np.array([kept_attempt[int(r)] for r in kept["row"]], dtype=np.int64)
-    kept["seed"] = [attempt_seed(s, a) for s, a in zip(kept["seed"], attempts)]
-    kept["regenerations"] = attempts
-    kept["path"] = [str(image_path(images_dir, int(r), int(a), options.image_format)) for r, a in zip(kept["row"], attempts)]
-    kept["generator"] = generator_name
-    kept["settings_id"] = settings_id
-    counts = {
-        "rows": len(rows),
-        "resumed": resumed,
-        "generated": len(kept) - resumed,
-        "regenerated": int(sum(1 for r, a in kept_attempt.items() if a > 0)),
-        "flagged": len(flagged),
-        "dropped_unsafe": len(dropped_unsafe),
-        "dropped_invalid": len(invalid),
-        "images_per_s": round(meter.rate, 3) if meter.count else None,
-        "flagged_rows": flagged,
-    }
-    return kept[INDEX_COLUMNS].reset_index(drop=True), counts
+
+def _shard_index(rows: pd.DataFrame, kept: dict[int, int], images_dir: Path, options: ImageOptions, generator_name: str, settings_id: str) -> pd.DataFrame:
+    """One row per kept image, with the seed that made it and its file."""
+    index = rows[rows["row"].isin(kept)].copy()
+    attempts = np.array([kept[int(r)] for r in index["row"]], dtype=np.int64)
+    index["seed"] = [attempt_seed(s, a) for s, a in zip(index["seed"], attempts)]
+    index["regenerations"] = attempts
+    index["path"] = [str(image_path(images_dir, int(r), k, int(a), options.image_format)) for r, k, a in zip(index["row"], index["key"], attempts)]
+    index["generator"] = generator_name
+    index["settings_id"] = settings_id
+    return index[INDEX_COLUMNS].reset_index(drop=True)
 
 
 def _next_attempts(work: pd.DataFrame, rows: list[int]) -> pd.DataFrame:
@@ -342,3 +366,39 @@ def _next_attempts(work: pd.DataFrame, rows: list[int]) -> pd.DataFrame:
     again["attempt"] += 1
     again["seed"] = [attempt_seed(s, 1) for s in again["seed"]]
     return again
+
+
+def load_sampler(generator: dict, model_dir, device: torch.device, execution: dict) -> Sampler:
+    if generator["kind"] == "embedded":
+        return EmbeddedSampler(model_dir, generator["sample"], device)
+    return DiffusersSampler(generator, device, attention=execution["generate_attention"], compile_unet=execution["generate_compile"])
+
+
+def run_shard(settings: dict, prompts: pd.DataFrame, shards: int, shard: int, model_dir, images_root, execution: dict, gpus: int, threads: int, index_path, counts_path) -> dict:
+    """One generate_shard job: fingerprint the weights, generate what is missing, write the index."""
+    from contam import identity
+    from contam.devices import describe, pick_device
+    from contam.io import write_json, write_parquet
+
+    generator = settings["generator"]
+    device = pick_device(execution["device"], gpus=gpus, allow_cpu_fallback=execution["allow_cpu_fallback"])
+    log.info("device: %s", describe(device))
+    # Computed once per shard: a model replaced in place must never reuse old images.
+    weights = identity.weights_fingerprint(model_dir if generator["kind"] == "embedded" else generator["model"])
+    settings_id = identity.settings_id(settings, weights)
+    images_dir = Path(images_root) / f"images-{settings_id}"
+    index, counts = generate_shard(
+        shard_rows(prompts, shards, shard),
+        images_dir,
+        load_sampler(generator, model_dir, device, execution),
+        batch_size=execution["generate_batch_size"],
+        generator_name=settings["generator_name"],
+        settings_id=settings_id,
+        options=ImageOptions.of(generator),
+        unsafe=UnsafePolicy.of(generator),
+        writer_threads=max(threads, 2),
+    )
+    log.info("shard %d: %s", shard, {k: v for k, v in counts.items() if k != "flagged_rows"})
+    write_json({**counts, "settings": settings, "weights_fingerprint": weights, "settings_id": settings_id}, counts_path)
+    write_parquet(index, index_path)
+    return counts

@@ -1,7 +1,8 @@
 """Stage index_real: list the real dataset as a Parquet index.
 
 The index has one row per usable image: ``path``, ``label``, ``class_name``,
-``split`` (train, control, test) plus ``origin``/``source`` = real. Two kinds:
+``split`` (train, control, validation, reference, test), ``origin``/``source`` =
+real and ``content_id``. Two kinds:
 
 * ``digits``: scikit-learn's bundled digits, written once as small PNGs and split
   reproducibly (stratified) into train, control and test;
@@ -12,6 +13,7 @@ The index has one row per usable image: ``path``, ``label``, ``class_name``,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,12 +26,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from contam.config import DIGIT_NAMES
+from contam.identity import content_ids
 from contam.images import check_image
 from contam.seeds import rng
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["path", "label", "class_name", "split", "origin", "source"]
+DIGIT_SPLITS = ("train", "control", "validation", "reference", "test")
+# content_id tells images apart that share a path (a file rewritten in place):
+# a hash of the bytes where this stage writes the file, else size and mtime.
+INDEX_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "content_id"]
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
@@ -55,6 +61,8 @@ def export_digits(out_dir: str | os.PathLike, image_size: int, fractions: dict[s
     from sklearn.datasets import load_digits
 
     digits = load_digits()
+    # A fixed order of splits: the same shares give the same split whatever order the config lists them in.
+    fractions = {name: fractions[name] for name in DIGIT_SPLITS if name in fractions}
     splits = stratified_split(digits.target, fractions, seed)
     rows = []
     for i, (pixels, label, split) in enumerate(tqdm(list(zip(digits.images, digits.target, splits)), desc="digits", mininterval=2)):
@@ -64,9 +72,10 @@ def export_digits(out_dir: str | os.PathLike, image_size: int, fractions: dict[s
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         image.save(tmp, format="PNG")
+        content_id = hashlib.blake2b(tmp.read_bytes(), digest_size=8).hexdigest()
         os.replace(tmp, path)
-        rows.append((str(path), int(label), DIGIT_NAMES[int(label)], split))
-    frame = pd.DataFrame(rows, columns=["path", "label", "class_name", "split"])
+        rows.append((str(path), int(label), DIGIT_NAMES[int(label)], split, content_id))
+    frame = pd.DataFrame(rows, columns=["path", "label", "class_name", "split", "content_id"])
     frame["origin"] = "real"
     frame["source"] = "real"
     return frame[INDEX_COLUMNS].sort_values("path", ignore_index=True)
@@ -135,6 +144,7 @@ def index_image_folder(
         log.warning("skipping unreadable image %s (%s)", path, why)
     rows = [(str(path), int(label), name) for (path, label, name), why in zip(files, problems) if not why]
     frame = pd.DataFrame(rows, columns=["path", "label", "class_name"])
+    frame["content_id"] = content_ids(frame["path"])
     frame["split"] = split
     frame["origin"] = origin
     frame["source"] = source

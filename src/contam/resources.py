@@ -6,15 +6,10 @@ that ran out of time or memory is retried with more, never past the cap.
 
 from __future__ import annotations
 
-RULES_WITH_SIZES = ("fit_generator", "generate_shard", "train", "evaluate")
-
-
 def resource_set(config: dict, rule: str) -> dict:
-    sizes = config.get("resources", {})
-    base = {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0}
-    base.update(sizes.get("default", {}))
-    base.update(sizes.get(rule, {}))
-    return base
+    """``resources.default`` with the rule's own entry on top (the schema fills the defaults)."""
+    sizes = config["resources"]
+    return {**sizes["default"], **sizes.get(rule, {})}
 
 
 def scaled(base: float, attempt: int, growth: float, cap: float) -> int:
@@ -25,10 +20,10 @@ def scaled(base: float, attempt: int, growth: float, cap: float) -> int:
 
 
 def runtime_minutes(config: dict, rule: str, attempt: int) -> int:
-    sizes = config.get("resources", {})
-    return scaled(resource_set(config, rule)["runtime"], attempt, sizes.get("growth", 2.0), sizes.get("max_runtime", 2880))
+    sizes = config["resources"]
+    return scaled(resource_set(config, rule)["runtime"], attempt, sizes["growth"], sizes["max_runtime"])
 
 
 def mem_mb(config: dict, rule: str, attempt: int) -> int:
-    sizes = config.get("resources", {})
-    return scaled(resource_set(config, rule)["mem_mb"], attempt, sizes.get("growth", 2.0), sizes.get("max_mem_mb", 256000))
+    sizes = config["resources"]
+    return scaled(resource_set(config, rule)["mem_mb"], attempt, sizes["growth"], sizes["max_mem_mb"])

@@ -1,8 +1,9 @@
 """Training on several GPUs of one node: ``accelerate launch`` of contam.train.
 
-Rule ``train`` runs its glue script in one process. When the job holds more
-than one GPU (``resources.gpu > 1``) the glue calls :func:`launch`, which writes
-the job to a JSON file next to the outputs and starts
+Rule ``train`` runs its glue script in one process. When the run trains in
+more than one process (its ``processes`` setting, one per GPU) the glue calls
+:func:`launch`, which writes the job to a JSON file next to the outputs and
+starts
 
     python -m accelerate.commands.launch --multi_gpu --num_processes N \\
         -m contam.train_cli JOB.json
@@ -58,8 +59,13 @@ def launch(job: dict, processes: int, threads: int = 1, stream=None) -> int:
     """Run ``job`` (the keyword arguments of :func:`main`) in ``processes`` processes.
 
     Returns the launcher's exit status (non-zero after a preemption or a failure).
-    ``stream`` receives the processes' output (the rule's log file).
+    ``stream`` receives the processes' output (the rule's log file). The job
+    file records ``processes``, which every process checks against the count
+    it was launched in.
     """
+    if job.get("processes", processes) != processes:
+        raise ValueError(f"job is for {job['processes']} training processes, but {processes} were to be launched")
+    job = {**job, "processes": processes}
     out_dir = Path(job["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     job_file = out_dir / "launch.json"
@@ -89,6 +95,7 @@ def launch(job: dict, processes: int, threads: int = 1, stream=None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One training process of a launch: ``train.train`` on the job in the JSON file."""
     import torch
 
     from contam import train
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             device=torch.device(job.get("device", "cpu")),
             num_workers=int(job.get("num_workers", 0)),
             stop_after_steps=job.get("stop_after_steps"),
+            processes=int(job["processes"]),
         )
     except train.Preempted as stopped:
         logging.getLogger("contam").warning("%s", stopped)

@@ -3,11 +3,11 @@ rule extract_features:
         index=feature_set_index,
         extractor=feature_extractor_weights,
     output:
-        f"{OUT}/analysis/features/{{feature_set}}.npz",
+        layout.features(OUT, "{feature_set}"),
     log:
-        f"{LOGS}/extract_features/{{feature_set}}.log",
+        log_of("extract_features"),
     benchmark:
-        f"{BENCH}/extract_features/{{feature_set}}.tsv"
+        benchmark_of("extract_features")
     conda:
         "../../envs/evaluate.yaml"
     threads: threads_of("evaluate")
@@ -23,18 +23,17 @@ rule extract_features:
 
 rule compare_distributions:
     input:
-        real=f"{OUT}/analysis/features/{BASELINE}.npz",
-        other=f"{OUT}/analysis/features/{{source}}.npz",
+        reference=layout.features(OUT, layout.REFERENCE_FEATURES),
+        other=comparison_features,
     output:
-        f"{OUT}/analysis/{{source}}.json",
+        layout.comparison(OUT, "{comparison}"),
     log:
-        f"{LOGS}/compare_distributions/{{source}}.log",
+        log_of("compare_distributions"),
     benchmark:
-        f"{BENCH}/compare_distributions/{{source}}.tsv"
+        benchmark_of("compare_distributions")
     conda:
         "../../envs/evaluate.yaml"
     params:
-        settings=config.get("analysis", {}),
-        seed=config["seed"],
+        settings=comparison_settings,
     script:
         "../scripts/compare_distributions.py"

@@ -17,6 +17,7 @@ os.environ.update(
 )
 
 from contam import config as contam_config
+from contam import config_checks, config_paths, identity, layout
 from contam import resources as contam_resources
 
 # Only the --config values (not config files) need their YAML types back.
@@ -25,9 +26,15 @@ update_config(
 )
 validate(config, "../schemas/config.schema.yaml")
 try:
-    contam_config.check_semantics(config)
-except contam_config.ConfigError as error:
+    config_checks.check_semantics(config)
+except config_checks.ConfigError as error:
     raise WorkflowError(str(error))
+
+# Offline unless a generator opts in to hub downloads. Jobs are new processes
+# (locally and under SLURM's --export=ALL), so they start with this set, which
+# is the only way the hub libraries honour it.
+if not config_paths.hub_downloads_allowed(config):
+    os.environ.update(HF_HUB_OFFLINE="1")
 
 
 EXP = config["experiment"]
@@ -35,7 +42,7 @@ GENERATION_ONLY = contam_config.generation_only(config)
 OUT = contam_config.experiment_dir(config)
 LOGS = f"logs/{EXP}"
 BENCH = f"benchmarks/{EXP}"
-BASELINE = contam_config.BASELINE_SOURCE
+BASELINE = layout.BASELINE_SOURCE
 SOURCES = sorted(config["sources"])
 GENERATED = contam_config.sources_of(config, "generated")
 CONTROLS = contam_config.sources_of(config, "control")
@@ -47,11 +54,21 @@ EMBEDDED_GENERATORS = sorted(
         if config["generators"][config["sources"][s]["generator"]]["kind"] == "embedded"
     }
 )
-REPORT_FILES = [
-    f"{OUT}/report/index.html",
-    f"{OUT}/report/summary.csv",
-    f"{OUT}/report/figures/accuracy.png",
-]
+ANALYSIS = config.get("analysis", {})
+ANALYSIS_ON = not GENERATION_ONLY and ANALYSIS["enabled"]
+ANALYSIS_MODEL = ANALYSIS.get("classifier") or next(
+    iter(config.get("models", {})), None
+)
+OOD_SETS = sorted(config.get("evaluation", {}).get("ood_sets", {}))
+REPORT = layout.report_dir(OUT)
+
+
+def log_of(rule_name):
+    return layout.job_file(LOGS, rule_name, "log")
+
+
+def benchmark_of(rule_name):
+    return layout.job_file(BENCH, rule_name, "tsv")
 
 
 def _alternatives(names):
@@ -64,7 +81,9 @@ wildcard_constraints:
     control_source=_alternatives(FOLDER_CONTROLS),
     generator=_alternatives(EMBEDDED_GENERATORS),
     model=_alternatives(config.get("models", {})),
-    feature_set=_alternatives([BASELINE, *SOURCES]),
+    feature_set=_alternatives([layout.REFERENCE_FEATURES, *SOURCES]),
+    comparison=_alternatives([layout.FLOOR, *SOURCES]),
+    ood_set=_alternatives(OOD_SETS),
     ratio=r"[01]\.\d+",
     seed=r"\d+",
     shard=r"\d+",
@@ -73,7 +92,7 @@ wildcard_constraints:
 onstart:
     # Data paths are checked only when jobs will run: a dry run plans the
     # paper-scale DAG on any machine, without the data.
-    missing = contam_config.missing_paths(config)
+    missing = config_paths.missing_paths(config)
     if missing:
         raise WorkflowError("missing input paths:\n  - " + "\n  - ".join(missing))
 
@@ -82,11 +101,11 @@ onstart:
 
 
 def real_index(wildcards=None):
-    return f"{OUT}/real/index.parquet"
+    return layout.real_index(OUT)
 
 
 def prompts_of(wildcards):
-    return f"{OUT}/prompts/{wildcards.generated_source}.parquet"
+    return layout.prompts(OUT, wildcards.generated_source)
 
 
 def generator_of(source):
@@ -97,24 +116,22 @@ def generator_model(wildcards):
     """The embedded generator's trained weights; a diffusers model needs no job."""
     name = generator_of(wildcards.generated_source)
     if config["generators"][name]["kind"] == "embedded":
-        return f"{OUT}/generators/{name}"
+        return layout.generator_dir(OUT, name)
     return []
 
 
 def shard_count(source):
-    return int(config["sources"][source].get("shards", 1))
+    return config["sources"][source]["shards"]
 
 
 def shard_indexes(wildcards):
     source = wildcards.generated_source
-    return [
-        f"{OUT}/generated/{source}/shard-{k}.parquet"
-        for k in range(shard_count(source))
-    ]
+    return [layout.shard_index(OUT, source, k) for k in range(shard_count(source))]
 
 
 def shard_counts(wildcards):
-    return [p.replace(".parquet", ".json") for p in shard_indexes(wildcards)]
+    source = wildcards.generated_source
+    return [layout.shard_counts(OUT, source, k) for k in range(shard_count(source))]
 
 
 def contaminant_index(wildcards):
@@ -128,7 +145,7 @@ def contaminant_index(wildcards):
         return []
     if float(wildcards.ratio) == 0:
         raise WorkflowError(
-            f"ratio 0 is shared by all sources: use {OUT}/manifests/{BASELINE}/ratio-0.0.parquet"
+            f"ratio 0 is shared by all sources: use {layout.manifest(OUT, BASELINE, layout.BASELINE_RATIO)}"
         )
     return image_index(source)
 
@@ -137,131 +154,149 @@ def image_index(name):
     """The index that lists a source's images (the real index for the baseline
     and for a control drawn from a real split)."""
     if name in GENERATED:
-        return f"{OUT}/generated/{name}.parquet"
+        return layout.generated_index(OUT, name)
     if name in FOLDER_CONTROLS:
-        return f"{OUT}/control/{name}/index.parquet"
+        return layout.control_index(OUT, name)
     return real_index()
 
 
+def manifest_of(wildcards):
+    return layout.manifest(OUT, wildcards.source, wildcards.ratio)
+
+
+def manifest_indexes(wildcards):
+    """The indexes a manifest's rows come from: a run's fingerprint covers them."""
+    pool = contaminant_index(wildcards)
+    return sorted({real_index(), *([pool] if pool else [])})
+
+
 def generation_settings(wildcards):
-    """Everything that changes pixels, and nothing else (no batch size, no device)."""
-    source = wildcards.generated_source
-    name = generator_of(source)
-    return {
-        "generator_name": name,
-        "generator": config["generators"][name],
-        "prompts": config["sources"][source].get("prompts", {}),
-        "seed": config["seed"],
-    }
+    return identity.generation_settings(config, wildcards.generated_source)
 
 
 def embedded_settings(wildcards):
-    return {
-        "generator": config["generators"][wildcards.generator],
-        "real": config["real"],
-        "seed": config["seed"],
-    }
+    return identity.embedded_settings(config, wildcards.generator)
 
 
 def mix_settings(wildcards):
-    source = wildcards.source
-    spec = config["sources"].get(source, {})
-    return {
-        "source": source,
-        "origin": spec.get("origin", "real"),
-        "real_split": spec.get("real_split"),
-        "ratio": float(wildcards.ratio),
-        "seed": config["seed"],
-    }
-
-
-def manifest_of(wildcards):
-    return f"{OUT}/manifests/{wildcards.source}/ratio-{wildcards.ratio}.parquet"
+    return identity.mix_settings(config, wildcards.source, wildcards.ratio)
 
 
 def run_settings(wildcards):
-    return {
-        "model": config["models"][wildcards.model],
-        "recipe": contam_config.training_recipe(config, wildcards.model),
-        "num_classes": contam_config.num_classes(config),
-        "seed": int(wildcards.seed),
-    }
+    return identity.run_settings(config, wildcards.model, wildcards.seed)
 
 
 def ood_indexes(wildcards=None):
-    return [
-        f"{OUT}/ood/{name}/index.parquet"
-        for name in sorted(config.get("evaluation", {}).get("ood_sets", {}))
-    ]
+    return [layout.ood_index(OUT, name) for name in OOD_SETS]
+
+
+def ood_root(wildcards):
+    return config["evaluation"]["ood_sets"][wildcards.ood_set]["root"]
+
+
+def control_root(wildcards):
+    return config["sources"][wildcards.control_source]["root"]
+
+
+def prompt_settings(wildcards):
+    return config["sources"][wildcards.generated_source].get("prompts", {})
+
+
+def prompt_seed(wildcards):
+    return config["generators"][generator_of(wildcards.generated_source)]["seed"]
 
 
 def study_targets():
     """What `snakemake` builds by default: the whole study, or only the images."""
     if GENERATION_ONLY:
         return [
-            f"{OUT}/generated/{s}.{ext}"
+            path
             for s in GENERATED
-            for ext in ("parquet", "json")
+            for path in (
+                layout.generated_index(OUT, s),
+                layout.generated_counts(OUT, s),
+            )
         ]
-    return all_metrics() + REPORT_FILES
+    return all_metrics() + report_files()
+
+
+def report_files():
+    return [
+        f"{REPORT}/index.html",
+        f"{REPORT}/summary.csv",
+        f"{REPORT}/figures/accuracy.png",
+    ]
 
 
 def all_metrics():
-    return [f"{OUT}/{run.path}/metrics.json" for run in contam_config.runs(config)]
+    return [run.metrics(OUT) for run in contam_config.runs(config)]
 
 
-ANALYSIS = config.get("analysis", {})
-ANALYSIS_ON = ANALYSIS.get("enabled", True) and not GENERATION_ONLY
-
-
-ANALYSIS_MODEL = ANALYSIS.get("classifier") or next(
-    iter(config.get("models", {})), None
-)
+# ---- distribution analysis ---------------------------------------------------
 
 
 def feature_set_index(wildcards):
-    """The images of a feature set: the real train split, or a contaminant pool."""
+    """The images of a feature set: the real reference split, or a contaminant pool."""
+    if wildcards.feature_set == layout.REFERENCE_FEATURES:
+        return real_index()
     return image_index(wildcards.feature_set)
 
 
 def feature_extractor_weights(wildcards):
     """The classifier trained on real data only, when it is the feature extractor."""
-    if ANALYSIS.get("feature_extractor", "classifier") != "classifier":
+    if ANALYSIS["feature_extractor"] != "classifier":
         return []
     seed = config["seeds"][0]
-    return f"{OUT}/runs/{BASELINE}/ratio-0.0/{ANALYSIS_MODEL}/seed-{seed}/model.safetensors"
+    return layout.weights(OUT, BASELINE, layout.BASELINE_RATIO, ANALYSIS_MODEL, seed)
 
 
 def feature_settings(wildcards):
     name = wildcards.feature_set
-    extractor = ANALYSIS.get("feature_extractor", "classifier")
-    split = (
-        "train"
-        if name == BASELINE
-        else config["sources"].get(name, {}).get("real_split")
-    )
+    if name == layout.REFERENCE_FEATURES:
+        split = ANALYSIS["reference_split"]
+    else:
+        split = config["sources"][name].get("real_split")
+    classifier = ANALYSIS["feature_extractor"] == "classifier"
     return {
         "feature_set": name,
         "split": split,
-        "extractor": extractor,
-        "model": (
-            config["models"][ANALYSIS_MODEL] if extractor == "classifier" else None
-        ),
+        # The reference is halved (one half for the floor), so it keeps twice as many.
+        "max_per_class": ANALYSIS["max_per_class"]
+        * (2 if name == layout.REFERENCE_FEATURES else 1),
+        "extractor": ANALYSIS["feature_extractor"],
+        "model": config["models"][ANALYSIS_MODEL] if classifier else None,
         "num_classes": contam_config.num_classes(config),
         "inception_weights": ANALYSIS.get("inception_weights"),
-        "max_per_class": ANALYSIS.get("max_per_class", 200),
-        "crop_ratio": config.get("evaluation", {}).get("crop_ratio", 0.875),
+        "crop_ratio": config["evaluation"]["crop_ratio"],
         "seed": config["seed"],
     }
 
 
+def comparison_features(wildcards):
+    """The features compared with the reference: a source's, or none for the floor."""
+    if wildcards.comparison == layout.FLOOR:
+        return []
+    return layout.features(OUT, wildcards.comparison)
+
+
+def comparison_settings(wildcards):
+    keys = ("feature_extractor", "max_per_class", "nearest_k", "kid_subsets")
+    keys += ("kid_subset_size", "bootstrap", "reference_split")
+    return {key: ANALYSIS[key] for key in keys} | {"seed": config["seed"]}
+
+
 def analysis_outputs():
-    return [f"{OUT}/analysis/{s}.json" for s in SOURCES] if ANALYSIS_ON else []
+    if not ANALYSIS_ON:
+        return []
+    return [layout.comparison(OUT, name) for name in [layout.FLOOR, *SOURCES]]
+
+
+# ---- report -------------------------------------------------------------------
 
 
 def reported_metrics():
     """Every run's metrics; with report.allow_missing_runs, only those that exist."""
-    if config.get("report", {}).get("allow_missing_runs", False):
+    if config["report"]["allow_missing_runs"]:
         return [path for path in all_metrics() if os.path.exists(path)]
     return all_metrics()
 
@@ -270,16 +305,53 @@ def missing_runs(wildcards):
     return sorted(set(all_metrics()) - set(reported_metrics()))
 
 
+def reported_runs():
+    reported = set(reported_metrics())
+    return [run for run in contam_config.runs(config) if run.metrics(OUT) in reported]
+
+
+def benchmark_files():
+    """The benchmark files of the jobs the report covers (its compute table)."""
+
+    def bench(rule_name, **values):
+        return layout.job_file(BENCH, rule_name, "tsv", **values)
+
+    files = [bench("index_real")]
+    files += [bench("index_control", control_source=s) for s in FOLDER_CONTROLS]
+    files += [bench("index_ood", ood_set=name) for name in OOD_SETS]
+    files += [bench("fit_generator", generator=g) for g in EMBEDDED_GENERATORS]
+    for source in GENERATED:
+        files += [
+            bench("generate_shard", generated_source=source, shard=k)
+            for k in range(shard_count(source))
+        ]
+    for run in reported_runs():
+        values = dict(
+            source=run.source, ratio=run.ratio, model=run.model, seed=run.seed
+        )
+        files += [bench("train", **values), bench("evaluate", **values)]
+    if ANALYSIS_ON:
+        sets = [layout.REFERENCE_FEATURES, *SOURCES]
+        files += [bench("extract_features", feature_set=s) for s in sets]
+        names = [layout.FLOOR, *SOURCES]
+        files += [bench("compare_distributions", comparison=n) for n in names]
+    return files
+
+
 def report_inputs(wildcards):
-    inputs = {
+    return {
         "metrics": reported_metrics(),
         "real": real_index(),
-        "real_quality": f"{OUT}/real/quality.json",
-        "generated": [f"{OUT}/generated/{s}.parquet" for s in GENERATED],
-        "generated_counts": [f"{OUT}/generated/{s}.json" for s in GENERATED],
+        "real_quality": layout.real_quality(OUT),
+        "generated": [layout.generated_index(OUT, s) for s in GENERATED],
+        "generated_counts": [layout.generated_counts(OUT, s) for s in GENERATED],
         "analysis": analysis_outputs(),
+        "benchmarks": benchmark_files(),
     }
-    return inputs
+
+
+def report_origins():
+    return {name: config["sources"][name]["origin"] for name in SOURCES}
 
 
 # ---- resources: standard names only; site settings live in the profile -----

@@ -1,11 +1,11 @@
 rule index_real:
     output:
-        index=f"{OUT}/real/index.parquet",
-        quality=f"{OUT}/real/quality.json",
+        index=layout.real_index(OUT),
+        quality=layout.real_quality(OUT),
     log:
-        f"{LOGS}/index_real.log",
+        log_of("index_real"),
     benchmark:
-        f"{BENCH}/index_real.tsv"
+        benchmark_of("index_real")
     conda:
         "../../envs/train.yaml"
     threads: threads_of("default")
@@ -15,19 +15,19 @@ rule index_real:
     params:
         real=config.get("real", {}),
         seed=config["seed"],
-        images=f"{OUT}/real/images",
+        images=layout.real_images(OUT),
     script:
         "../scripts/index_real.py"
 
 
 rule index_control:
     output:
-        index=f"{OUT}/control/{{control_source}}/index.parquet",
-        quality=f"{OUT}/control/{{control_source}}/quality.json",
+        index=layout.control_index(OUT, "{control_source}"),
+        quality=layout.control_quality(OUT, "{control_source}"),
     log:
-        f"{LOGS}/index_control/{{control_source}}.log",
+        log_of("index_control"),
     benchmark:
-        f"{BENCH}/index_control/{{control_source}}.tsv"
+        benchmark_of("index_control")
     conda:
         "../../envs/train.yaml"
     threads: threads_of("default")
@@ -35,7 +35,7 @@ rule index_control:
         mem_mb=mem_of("default"),
         runtime=runtime_of("default"),
     params:
-        root=lambda wildcards: config["sources"][wildcards.control_source]["root"],
+        root=control_root,
         real=config.get("real", {}),
     script:
         "../scripts/index_folder.py"
@@ -43,12 +43,12 @@ rule index_control:
 
 rule index_ood:
     output:
-        index=f"{OUT}/ood/{{ood_set}}/index.parquet",
-        quality=f"{OUT}/ood/{{ood_set}}/quality.json",
+        index=layout.ood_index(OUT, "{ood_set}"),
+        quality=layout.ood_quality(OUT, "{ood_set}"),
     log:
-        f"{LOGS}/index_ood/{{ood_set}}.log",
+        log_of("index_ood"),
     benchmark:
-        f"{BENCH}/index_ood/{{ood_set}}.tsv"
+        benchmark_of("index_ood")
     conda:
         "../../envs/train.yaml"
     threads: threads_of("default")
@@ -56,28 +56,7 @@ rule index_ood:
         mem_mb=mem_of("default"),
         runtime=runtime_of("default"),
     params:
-        root=lambda wildcards: config["evaluation"]["ood_sets"][wildcards.ood_set][
-            "root"
-        ],
+        root=ood_root,
         real=config.get("real", {}),
     script:
         "../scripts/index_folder.py"
-
-
-rule build_prompts:
-    output:
-        f"{OUT}/prompts/{{generated_source}}.parquet",
-    log:
-        f"{LOGS}/build_prompts/{{generated_source}}.log",
-    conda:
-        "../../envs/generate.yaml"
-    params:
-        prompts=lambda wildcards: config["sources"][wildcards.generated_source].get(
-            "prompts", {}
-        ),
-        real=config.get("real", {}),
-        seed=lambda wildcards: config["generators"][
-            generator_of(wildcards.generated_source)
-        ].get("seed", 0),
-    script:
-        "../scripts/build_prompts.py"

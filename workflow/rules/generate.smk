@@ -1,12 +1,27 @@
+rule build_prompts:
+    output:
+        layout.prompts(OUT, "{generated_source}"),
+    log:
+        log_of("build_prompts"),
+    conda:
+        "../../envs/generate.yaml"
+    params:
+        prompts=prompt_settings,
+        real=config.get("real", {}),
+        seed=prompt_seed,
+    script:
+        "../scripts/build_prompts.py"
+
+
 rule fit_generator:
     input:
         index=real_index,
     output:
-        directory(f"{OUT}/generators/{{generator}}"),
+        directory(layout.generator_dir(OUT, "{generator}")),
     log:
-        f"{LOGS}/fit_generator/{{generator}}.log",
+        log_of("fit_generator"),
     benchmark:
-        f"{BENCH}/fit_generator/{{generator}}.tsv"
+        benchmark_of("fit_generator")
     # The generator is the critical path of the embedded study: start it first.
     priority: 50
     conda:
@@ -27,12 +42,12 @@ rule generate_shard:
         prompts=prompts_of,
         model=generator_model,
     output:
-        index=f"{OUT}/generated/{{generated_source}}/shard-{{shard}}.parquet",
-        counts=f"{OUT}/generated/{{generated_source}}/shard-{{shard}}.json",
+        index=layout.shard_index(OUT, "{generated_source}", "{shard}"),
+        counts=layout.shard_counts(OUT, "{generated_source}", "{shard}"),
     log:
-        f"{LOGS}/generate_shard/{{generated_source}}/shard-{{shard}}.log",
+        log_of("generate_shard"),
     benchmark:
-        f"{BENCH}/generate_shard/{{generated_source}}/shard-{{shard}}.tsv"
+        benchmark_of("generate_shard")
     priority: 40
     conda:
         "../../envs/generate.yaml"
@@ -44,7 +59,7 @@ rule generate_shard:
     params:
         settings=generation_settings,
         shards=lambda wildcards: shard_count(wildcards.generated_source),
-        images_root=f"{OUT}/generated/{{generated_source}}",
+        images_root=layout.generated_root(OUT, "{generated_source}"),
     script:
         "../scripts/generate_shard.py"
 
@@ -54,10 +69,10 @@ rule gather_generated:
         indexes=shard_indexes,
         counts=shard_counts,
     output:
-        index=f"{OUT}/generated/{{generated_source}}.parquet",
-        counts=f"{OUT}/generated/{{generated_source}}.json",
+        index=layout.generated_index(OUT, "{generated_source}"),
+        counts=layout.generated_counts(OUT, "{generated_source}"),
     log:
-        f"{LOGS}/gather_generated/{{generated_source}}.log",
+        log_of("gather_generated"),
     conda:
         "../../envs/generate.yaml"
     script:

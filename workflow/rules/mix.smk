@@ -3,9 +3,9 @@ rule mix:
         real=real_index,
         contaminant=contaminant_index,
     output:
-        f"{OUT}/manifests/{{source}}/ratio-{{ratio}}.parquet",
+        layout.manifest(OUT, "{source}", "{ratio}"),
     log:
-        f"{LOGS}/mix/{{source}}/ratio-{{ratio}}.log",
+        log_of("mix"),
     conda:
         "../../envs/train.yaml"
     params:

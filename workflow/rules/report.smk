@@ -3,27 +3,31 @@ rule report:
         unpack(report_inputs),
     output:
         html=report(
-            f"{OUT}/report/index.html",
+            f"{REPORT}/index.html",
             caption="../report/index.rst",
             category="Report",
         ),
         summary=report(
-            f"{OUT}/report/summary.csv",
+            f"{REPORT}/summary.csv",
             caption="../report/summary.rst",
             category="Report",
         ),
         accuracy=report(
-            f"{OUT}/report/figures/accuracy.png",
+            f"{REPORT}/figures/accuracy.png",
             caption="../report/accuracy.rst",
             category="Figures",
         ),
     log:
-        f"{LOGS}/report.log",
+        log_of("report"),
     conda:
         "../../envs/report.yaml"
     params:
         arms=SOURCES,
+        origins=report_origins(),
         missing_runs=missing_runs,
-        benchmark_dir=BENCH,
+        settings=config.get("report", {}),
+        seed=config["seed"],
+        experiment=EXP,
+        benchmark_root=BENCH,
     script:
         "../scripts/report.py"

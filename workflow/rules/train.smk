@@ -1,13 +1,14 @@
 rule train:
     input:
         manifest=manifest_of,
+        indexes=manifest_indexes,
     output:
-        weights=f"{OUT}/runs/{{source}}/ratio-{{ratio}}/{{model}}/seed-{{seed}}/model.safetensors",
-        history=f"{OUT}/runs/{{source}}/ratio-{{ratio}}/{{model}}/seed-{{seed}}/train_log.csv",
+        weights=layout.weights(OUT, "{source}", "{ratio}", "{model}", "{seed}"),
+        history=layout.train_log(OUT, "{source}", "{ratio}", "{model}", "{seed}"),
     log:
-        f"{LOGS}/train/{{source}}/ratio-{{ratio}}/{{model}}/seed-{{seed}}.log",
+        log_of("train"),
     benchmark:
-        f"{BENCH}/train/{{source}}/ratio-{{ratio}}/{{model}}/seed-{{seed}}.tsv"
+        benchmark_of("train")
     conda:
         "../../envs/train.yaml"
     threads: threads_of("train")
@@ -17,8 +18,8 @@ rule train:
         gpu=gpus_of("train"),
     params:
         settings=run_settings,
-    # With resources.gpu > 1 the script starts one process per GPU through
-    # `accelerate launch` (contam.train_cli); otherwise it trains in-process.
+    # With settings.processes > 1 (resources.train.gpu > 1) the script starts one
+    # process per GPU through `accelerate launch` (contam.train_cli).
     script:
         "../scripts/train.py"
 
@@ -30,11 +31,11 @@ rule evaluate:
         real=real_index,
         ood=ood_indexes,
     output:
-        f"{OUT}/runs/{{source}}/ratio-{{ratio}}/{{model}}/seed-{{seed}}/metrics.json",
+        layout.metrics(OUT, "{source}", "{ratio}", "{model}", "{seed}"),
     log:
-        f"{LOGS}/evaluate/{{source}}/ratio-{{ratio}}/{{model}}/seed-{{seed}}.log",
+        log_of("evaluate"),
     benchmark:
-        f"{BENCH}/evaluate/{{source}}/ratio-{{ratio}}/{{model}}/seed-{{seed}}.tsv"
+        benchmark_of("evaluate")
     conda:
         "../../envs/evaluate.yaml"
     threads: threads_of("evaluate")
@@ -44,7 +45,7 @@ rule evaluate:
         gpu=gpus_of("evaluate"),
     params:
         settings=run_settings,
-        crop_ratio=config.get("evaluation", {}).get("crop_ratio", 0.875),
-        ood_sets=sorted(config.get("evaluation", {}).get("ood_sets", {})),
+        crop_ratio=config.get("evaluation", {}).get("crop_ratio"),
+        ood_sets=OOD_SETS,
     script:
         "../scripts/evaluate.py"

@@ -1,31 +1,35 @@
 """Glue for rule evaluate: see contam.evaluate."""
 
+from safetensors import safe_open
+
 from contam import evaluate, logs
-from contam.devices import pick_device
-from contam.io import file_sha256, read_parquet, stable_hash, write_json
+from contam.devices import describe, pick_device
+from contam.io import file_sha256, read_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
-execution = sm.config.get("execution", {})
-device = pick_device(execution.get("device", "auto"))
-log.info("device: %s", device)
+execution = sm.config["execution"]
+device = pick_device(execution["device"], gpus=sm.resources.get("gpu", 0), allow_cpu_fallback=execution["allow_cpu_fallback"])
+log.info("device: %s", describe(device))
 model = evaluate.load_classifier(sm.input.weights, settings["model"], settings["num_classes"], device)
 real = read_parquet(sm.input.real)
-sets = {"test": real[real["split"] == "test"]}
+# Validation is evaluated beside test: settings are chosen on it, never on test.
+sets = {split: real[real["split"] == split] for split in ("test", "validation") if (real["split"] == split).any()}
 sets.update({name: read_parquet(path) for name, path in zip(sm.params.ood_sets, sm.input.ood)})
 results = evaluate.evaluate_sets(
     model, settings["model"], sets, settings["num_classes"], sm.params.crop_ratio, device,
-    execution.get("eval_batch_size", 256), execution.get("num_workers", 0), restrict=set(sm.params.ood_sets),
+    execution["eval_batch_size"], execution["num_workers"], restrict=set(sm.params.ood_sets),
 )
-write_json(
-    {
-        "run": {**dict(sm.wildcards.items()), "seed": int(sm.wildcards.seed)},
-        "test": results.pop("test"),
-        "ood": results,
-        "config_hash": stable_hash(settings),
-        "manifest_sha256": file_sha256(sm.input.manifest),
-        "versions": evaluate.software_versions(),
-    },
-    sm.output[0],
+with safe_open(sm.input.weights, "pt") as weights:
+    fingerprint = weights.metadata()["fingerprint"]
+record = evaluate.metrics_record(
+    run={**dict(sm.wildcards.items()), "seed": int(sm.wildcards.seed)},
+    processes=settings["processes"],
+    device=str(device),
+    results=results,
+    fingerprint=fingerprint,
+    manifest_sha256=file_sha256(sm.input.manifest),
+    versions=evaluate.software_versions(),
 )
+evaluate.write_metrics(record, sm.output[0])

@@ -2,22 +2,25 @@
 
 from contam import config as contam_config
 from contam import fit_generator, logs
-from contam.devices import pick_device
+from contam.devices import describe, pick_device
 from contam.io import read_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
+execution = sm.config["execution"]
+device = pick_device(execution["device"], gpus=sm.resources.get("gpu", 0), allow_cpu_fallback=execution["allow_cpu_fallback"])
+log.info("device: %s", describe(device))
 index = read_parquet(sm.input.index)
 train = index[index["split"] == "train"].sort_values("path", ignore_index=True)
 generator = settings["generator"]
 summary = fit_generator.fit(
     train,
-    num_classes=contam_config.num_classes(sm.config),
+    num_classes=contam_config.num_classes(settings),
     out_dir=sm.output[0],
     image_size=generator["image_size"],
     fit_config=generator["fit"],
-    seed=generator.get("seed", 0),
-    device=pick_device(sm.config.get("execution", {}).get("device", "auto")),
+    seed=generator["seed"],
+    device=device,
 )
 log.info("generator fitted: %s", summary)

@@ -9,8 +9,7 @@ sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 real = sm.params.real
 if real["kind"] == "digits":
-    fractions = {k: real["split_fractions"][k] for k in ("train", "control", "test")}
-    index = index_real.export_digits(sm.params.images, real["image_size"], fractions, sm.params.seed)
+    index = index_real.export_digits(sm.params.images, real["image_size"], real["split_fractions"], sm.params.seed)
     quality = {"found": len(index), "indexed": len(index), "skipped": 0}
 else:
     classes = index_real.class_table(real)

@@ -1,0 +1,188 @@
+"""Checks of an experiment config that need several keys at once.
+
+The JSON schema (workflow/schemas/config.schema.yaml) checks types, ranges and
+name patterns, and applies the defaults; these checks run right after it, when
+the Snakefile is parsed, so a bad config fails before any job starts with a
+message that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from typing import Any, Iterable
+
+from contam.config import expected_image_count, generation_only
+from contam.layout import ratio_tag
+
+# Splits of the digits world that a model or a generator trains on: never a
+# reference for the distribution analysis.
+SEEN_SPLITS = ("train", "control")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message starts with the offending key."""
+
+
+def known_timm_models() -> set[str]:
+    """Model names of the pinned timm, read from a list instead of importing timm.
+
+    Importing timm costs seconds, paid on every Snakefile parse (every dry run and
+    every cluster job); tests check the list against the installed timm.
+    """
+    text = resources.files("contam").joinpath("data/timm_models.txt").read_text()
+    return {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+
+
+def _duplicates(values: Iterable[Any]) -> list[Any]:
+    seen, dup = set(), []
+    for value in values:
+        if value in seen:
+            dup.append(value)
+        seen.add(value)
+    return dup
+
+
+def check_semantics(config: dict) -> None:
+    """Raise ConfigError listing every problem, each naming its key."""
+    problems: list[str] = []
+    if generation_only(config):
+        _check_generation_only(config, problems)
+    else:
+        _check_classification(config, problems)
+    _check_generators(config, problems)
+    _check_results_dir(config, problems)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _check_generation_only(config: dict, problems: list[str]) -> None:
+    for name, src in config["sources"].items():
+        if src["origin"] != "generated":
+            problems.append(f"sources.{name}.origin: a generation-only experiment (task: generation) has only generated sources")
+        elif src.get("prompts", {}).get("style", "plain") != "coco" and "real" not in config:
+            problems.append(f"real: plain and complex prompts (sources.{name}) take class names from the real dataset's class index")
+    if "real" in config:
+        _check_real(config["real"], problems)
+
+
+def _check_real(real: dict, problems: list[str]) -> None:
+    if real["kind"] == "digits":
+        fractions = real.get("split_fractions", {})
+        total = sum(fractions.values())
+        if total > 1.0 + 1e-6:
+            problems.append(f"real.split_fractions: the shares must sum to at most 1, got {total:g}")
+    else:
+        for key in ("root", "test_root", "class_index", "num_classes"):
+            if key not in real:
+                problems.append(f"real.{key}: required when real.kind is image_folder")
+
+
+def _check_classification(config: dict, problems: list[str]) -> None:
+    real = config["real"]
+    _check_real(real, problems)
+    tags = [ratio_tag(r) for r in config["mixing"]["ratios"]]
+    for tag in _duplicates(tags):
+        problems.append(f"mixing.ratios: ratio {tag} is listed twice")
+    for seed in _duplicates(config["seeds"]):
+        problems.append(f"seeds: seed {seed} is listed twice")
+
+    timm_models = known_timm_models()
+    for name, model in config["models"].items():
+        if model["arch"] not in timm_models:
+            problems.append(
+                f"models.{name}.arch: unknown timm model {model['arch']!r} "
+                "(see timm.list_models() for the names)"
+            )
+
+    for name, src in config["sources"].items():
+        key = f"sources.{name}"
+        if src["origin"] == "control":
+            if real["kind"] == "digits":
+                if src.get("real_split") != "control":
+                    problems.append(f"{key}.real_split: a digits control source must use real_split: control")
+                elif real["split_fractions"]["control"] <= 0:
+                    problems.append("real.split_fractions.control: must be > 0 for a control source")
+            elif "root" not in src:
+                problems.append(f"{key}.root: required for a control source of an image-folder dataset")
+            for bad in ("generator", "prompts"):
+                if bad in src:
+                    problems.append(f"{key}.{bad}: only for generated sources")
+        elif src.get("prompts", {}).get("style") == "coco":
+            problems.append(f"{key}.prompts.style: coco images have no class label to train a classifier on; use task: generation")
+
+    if config["analysis"]["enabled"]:
+        _check_analysis(config, problems)
+
+
+def _check_generators(config: dict, problems: list[str]) -> None:
+    generators = config.get("generators", {})
+    for name, gen in generators.items():
+        if gen["kind"] == "diffusers" and "model" not in gen:
+            problems.append(f"generators.{name}.model: required for a diffusers generator")
+        if gen["kind"] == "diffusers" and (gen.get("height", 512) % 8 or gen.get("width", 512) % 8):
+            problems.append(f"generators.{name}.height/width: diffusers pipelines need multiples of 8")
+        if gen.get("scheduler") == "pndm" and gen.get("steps", 50) < 4:
+            # diffusers' PNDM fails mid-run below 4 steps (its warm-up needs them).
+            problems.append(f"generators.{name}.steps: the pndm scheduler needs at least 4 steps")
+
+    for name, src in config["sources"].items():
+        key = f"sources.{name}"
+        if src["origin"] == "generated":
+            if "generator" not in src:
+                problems.append(f"{key}.generator: required for a generated source")
+            elif src["generator"] not in generators:
+                problems.append(
+                    f"{key}.generator: unknown generator {src['generator']!r} "
+                    f"(defined: {', '.join(sorted(generators)) or 'none'})"
+                )
+            else:
+                gen_kind = generators[src["generator"]]["kind"]
+                style = src.get("prompts", {}).get("style", "plain")
+                if gen_kind == "embedded" and style == "coco":
+                    problems.append(f"{key}.prompts.style: the embedded generator is class-conditional; coco prompts need a diffusers generator")
+            prompts = src.get("prompts", {})
+            if prompts.get("style") == "coco" and "captions" not in prompts:
+                problems.append(f"{key}.prompts.captions: required for coco prompts")
+            if "{name}" not in prompts.get("template", "{name}"):
+                problems.append(f"{key}.prompts.template: must contain {{name}}")
+            count = expected_image_count(config, name)
+            shards = int(src.get("shards", 1))
+            if count is not None and shards > count:
+                problems.append(f"{key}.shards: {shards} shards for only {count} images (more shards than images)")
+            for bad in ("real_split", "root"):
+                if bad in src:
+                    problems.append(f"{key}.{bad}: only for control sources")
+
+
+
+
+def _check_results_dir(config: dict, problems: list[str]) -> None:
+    """A relative results_dir stays inside the working directory; an absolute one is taken as meant."""
+    results_dir = config["results_dir"]
+    if os.path.isabs(results_dir):
+        return
+    inside = os.path.normpath(results_dir)
+    if inside == ".." or inside.startswith(".." + os.sep):
+        problems.append(f"results_dir: {results_dir!r} would write outside the working directory; give an absolute path if you mean it")
+
+
+def _check_analysis(config: dict, problems: list[str]) -> None:
+    analysis = config["analysis"]
+    real = config["real"]
+    split = analysis["reference_split"]
+    if real["kind"] == "digits":
+        if split in SEEN_SPLITS:
+            problems.append(f"analysis.reference_split: {split!r} is seen by the models or the generator; use a held-out split such as reference")
+        elif real["split_fractions"].get(split, 0) <= 0:
+            problems.append(f"analysis.reference_split: real.split_fractions.{split} must be > 0")
+    elif split != "test":
+        problems.append(f"analysis.reference_split: an image-folder dataset has train and test splits; only test (never trained on) can be the reference, got {split!r}")
+    if analysis["feature_extractor"] == "classifier":
+        model = analysis.get("classifier")
+        if model is not None and model not in config["models"]:
+            problems.append(f"analysis.classifier: {model!r} is not a key of models")
+        if not any(float(r) == 0 for r in config["mixing"]["ratios"]):
+            problems.append("analysis.feature_extractor: the classifier extractor uses the ratio-0 run; add 0.0 to mixing.ratios or use inception")
+    elif "inception_weights" not in analysis:
+        problems.append("analysis.inception_weights: required for the inception feature extractor")

@@ -1,0 +1,148 @@
+"""Where every file of an experiment lives: the one owner of each path pattern.
+
+Rules build their input and output paths here, with Snakemake wildcards in
+braces (``run_dir(out, "{source}", "{ratio}", "{model}", "{seed}")``), and the
+package asks for the same paths with values, so a pattern is written once.
+"""
+
+from __future__ import annotations
+
+# The shared real-only baseline: ratio 0, trained once, starts every arm's curve.
+BASELINE_SOURCE = "real"
+# The distribution analysis's floor: two halves of the real reference split.
+# Source names may not contain "-", so this never collides with a source.
+FLOOR = "real-vs-real"
+# The feature set of the real reference split (never seen by a model).
+REFERENCE_FEATURES = "reference"
+
+
+def ratio_tag(ratio: float | str) -> str:
+    """Canonical text of a ratio in paths: 0 -> '0.0', 0.4 -> '0.4', 1 -> '1.0'."""
+    text = f"{round(float(ratio), 6):.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+BASELINE_RATIO = ratio_tag(0)
+
+
+def real_index(out: str) -> str:
+    return f"{out}/real/index.parquet"
+
+
+def real_quality(out: str) -> str:
+    return f"{out}/real/quality.json"
+
+
+def real_images(out: str) -> str:
+    return f"{out}/real/images"
+
+
+def control_index(out: str, source: str) -> str:
+    return f"{out}/control/{source}/index.parquet"
+
+
+def control_quality(out: str, source: str) -> str:
+    return f"{out}/control/{source}/quality.json"
+
+
+def ood_index(out: str, name: str) -> str:
+    return f"{out}/ood/{name}/index.parquet"
+
+
+def ood_quality(out: str, name: str) -> str:
+    return f"{out}/ood/{name}/quality.json"
+
+
+def prompts(out: str, source: str) -> str:
+    return f"{out}/prompts/{source}.parquet"
+
+
+def generator_dir(out: str, generator: str) -> str:
+    return f"{out}/generators/{generator}"
+
+
+def generated_root(out: str, source: str) -> str:
+    """The folder of a source's shard indexes and its ``images-<settings id>/`` folders."""
+    return f"{out}/generated/{source}"
+
+
+def shard_index(out: str, source: str, shard: int | str) -> str:
+    return f"{generated_root(out, source)}/shard-{shard}.parquet"
+
+
+def shard_counts(out: str, source: str, shard: int | str) -> str:
+    return f"{generated_root(out, source)}/shard-{shard}.json"
+
+
+def generated_index(out: str, source: str) -> str:
+    return f"{out}/generated/{source}.parquet"
+
+
+def generated_counts(out: str, source: str) -> str:
+    return f"{out}/generated/{source}.json"
+
+
+def manifest(out: str, source: str, ratio: str) -> str:
+    return f"{out}/manifests/{source}/ratio-{ratio}.parquet"
+
+
+def run_dir(out: str, source: str, ratio: str, model: str, seed: int | str) -> str:
+    return f"{out}/runs/{source}/ratio-{ratio}/{model}/seed-{seed}"
+
+
+def weights(out: str, source: str, ratio: str, model: str, seed: int | str) -> str:
+    return f"{run_dir(out, source, ratio, model, seed)}/model.safetensors"
+
+
+def train_log(out: str, source: str, ratio: str, model: str, seed: int | str) -> str:
+    return f"{run_dir(out, source, ratio, model, seed)}/train_log.csv"
+
+
+def metrics(out: str, source: str, ratio: str, model: str, seed: int | str) -> str:
+    return f"{run_dir(out, source, ratio, model, seed)}/metrics.json"
+
+
+def features(out: str, feature_set: str) -> str:
+    return f"{out}/analysis/features/{feature_set}.npz"
+
+
+def comparison(out: str, name: str) -> str:
+    return f"{out}/analysis/{name}.json"
+
+
+def report_dir(out: str) -> str:
+    return f"{out}/report"
+
+
+# ---- per-job logs and benchmarks --------------------------------------------
+#
+# logs/{experiment}/{rule}/{job name}.log and benchmarks/{experiment}/{rule}/{job
+# name}.tsv. Rules use the names with their wildcards; the report asks for the
+# benchmark files of the jobs it reports, with values.
+JOB_NAMES = {
+    "index_real": "",
+    "index_control": "{control_source}",
+    "index_ood": "{ood_set}",
+    "build_prompts": "{generated_source}",
+    "fit_generator": "{generator}",
+    "generate_shard": "{generated_source}/shard-{shard}",
+    "gather_generated": "{generated_source}",
+    "mix": "{source}/ratio-{ratio}",
+    "train": "{source}/ratio-{ratio}/{model}/seed-{seed}",
+    "evaluate": "{source}/ratio-{ratio}/{model}/seed-{seed}",
+    "extract_features": "{feature_set}",
+    "compare_distributions": "{comparison}",
+    "report": "",
+}
+
+
+def job_file(root: str, rule: str, extension: str, **values) -> str:
+    """A job's log or benchmark path: with ``values`` filled in, else with its wildcards."""
+    name = JOB_NAMES[rule].format(**values) if values else JOB_NAMES[rule]
+    return f"{root}/{rule}/{name}.{extension}" if name else f"{root}/{rule}.{extension}"
+
+
+def rule_of_job_file(root: str, path: str) -> str:
+    """The rule that wrote a log or benchmark file under ``root``."""
+    first = path[len(root):].lstrip("/").split("/", 1)[0]
+    return first.rsplit(".", 1)[0]
