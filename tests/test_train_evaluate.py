@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -94,13 +95,35 @@ def test_ood_logits_restricted_to_present_classes():
     assert restricted["top1"] == 1.0
 
 
-def test_evaluate_a_trained_model(manifest, tmp_path):
-    run(manifest, tmp_path / "m")
+def test_evaluate_a_trained_model(manifest, make_image_folder, tmp_path):
+    # Each class has one saturated colour channel: learnable in a few seconds,
+    # so held-out accuracy far above chance (1/3) shows training and evaluation work.
+    recipe = {**RECIPE, "epochs": 6, "optimizer": "adamw", "learning_rate": 2e-3}
+    train.train(manifest, MODEL, recipe, 3, seed=1, out_dir=tmp_path / "m", fingerprint="f", device=torch.device("cpu"))
+    held_out, _ = index_image_folder(make_image_folder("test", ["a", "b", "c"], per_class=5, size=20, seed=1), CLASSES, "test", [".png"])
     model = evaluate.load_classifier(tmp_path / "m" / "model.safetensors", MODEL, 3, torch.device("cpu"))
-    results = evaluate.evaluate_sets(model, MODEL, {"test": manifest, "ood": manifest[manifest["label"] < 2]}, 3, 0.875, torch.device("cpu"), 8, 0, restrict={"ood"})
-    assert results["test"]["n"] == 15 and 0 <= results["test"]["top1"] <= 1
-    assert results["ood"]["classes"] == 2
+    sets = {"test": held_out, "ood": held_out[held_out["label"] < 2]}
+    results = evaluate.evaluate_sets(model, MODEL, sets, 3, 0.875, torch.device("cpu"), 8, 0, restrict={"ood"})
+    assert results["test"]["n"] == 15 and results["test"]["top1"] >= 0.8, results["test"]
+    assert results["test"]["top5"] == 1.0  # 3 classes: top-5 is every class
     assert set(results["test"]["per_class_top1"]) == {"0", "1", "2"}
+    assert min(results["test"]["per_class_top1"].values()) >= 0.6
+    assert results["ood"]["classes"] == 2 and results["ood"]["top1"] >= 0.8
+
+
+def test_metrics_record_round_trip(tmp_path):
+    accuracy = {"n": 4, "top1": 0.5, "top5": 1.0, "per_class_top1": {"0": 0.5}}
+    results = {"test": accuracy, "validation": {**accuracy, "top1": 0.25}, "imagenet-r": {**accuracy, "classes": 1}, "imagenet-a": accuracy}
+    run = {"source": "real", "ratio": "0.0", "model": "m", "seed": 0}
+    record = evaluate.metrics_record(run, 2, "cuda:0", results, "fp", "sha", {"torch": "2"})
+    assert record["test"] == accuracy and record["validation"]["top1"] == 0.25
+    assert record["ood"] == {"imagenet-r": results["imagenet-r"], "imagenet-a": accuracy}
+    assert (record["processes"], record["device"], record["fingerprint"], record["manifest_sha256"]) == (2, "cuda:0", "fp", "sha")
+    evaluate.write_metrics(record, tmp_path / "metrics.json")
+    assert evaluate.read_metrics(tmp_path / "metrics.json") == record
+    assert "validation" not in evaluate.metrics_record(run, 1, "cpu", {"test": accuracy}, "fp", "sha", {})
+    with pytest.raises(ValueError, match="test"):
+        evaluate.metrics_record(run, 1, "cpu", {"validation": accuracy}, "fp", "sha", {})
 
 
 def same_weights(a_dir, b_dir) -> bool:
@@ -141,6 +164,17 @@ def test_num_workers_do_not_change_results(manifest, tmp_path):
     assert same_weights(tmp_path / "w0", tmp_path / "w2")
 
 
+def test_training_refuses_another_process_count(manifest, tmp_path):
+    # The process count multiplies the effective batch: a run set up for two
+    # processes must not quietly train in one.
+    with pytest.raises(ValueError, match="set up for 2 process"):
+        run(manifest, tmp_path / "x", processes=2)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="job is for 1 training processes, but 2"):
+        train_cli.launch({"out_dir": str(tmp_path / "y"), "processes": 1}, 2)
+    assert not (tmp_path / "y").exists()
+
+
 def launch_two(manifest_path, out, **extra):
     job = {
         "manifest": str(manifest_path), "model": MODEL, "recipe": RECIPE, "num_classes": 3, "seed": 1,
@@ -165,7 +199,10 @@ def test_two_processes_through_accelerate_and_resume(manifest, tmp_path, monkeyp
     # 15 images over 2 ranks of batch 4: 2 steps per epoch per rank, 4 in all.
     rc, text = launch_two(path, tmp_path / "resumed", stop_after_steps=3)
     assert rc != 0 and (tmp_path / "resumed" / "checkpoint.pt").exists(), text[-3000:]
-    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["torch_rng"].shape[0] == 2
+    assert json.loads((tmp_path / "resumed" / "launch.json").read_text())["processes"] == 2
+    rng = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["rng"]
+    assert all(states.shape[0] == 2 for states in rng.values())  # every rank's RNGs
+    assert not torch.equal(rng["torch"][0], rng["torch"][1])
     rc, text = launch_two(path, tmp_path / "resumed")
     assert rc == 0, text[-3000:]
     assert "resuming from checkpoint at epoch 1, step 1" in text

@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from conftest import REPO, job_counts, run_snakemake, tiny_config, write_yaml
+from contam.analysis import read_comparison
+from contam.evaluate import read_metrics
 from contam.io import file_sha256, read_parquet
 
 def snakemake(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -124,22 +126,30 @@ def test_whole_study_on_a_tiny_config(tiny_study):
     # Every run evaluated on the real test split; the report holds every run.
     runs = sorted(out.glob("runs/*/ratio-*/*/seed-*/metrics.json"))
     assert len(runs) == 1 + 2 * 2
-    metrics = json.loads(runs[0].read_text())
-    assert 0.0 <= metrics["test"]["top1"] <= 1.0 and metrics["test"]["n"] == (real["split"] == "test").sum()
-    assert metrics["manifest_sha256"] and metrics["versions"]["torch"]
+    metrics = read_metrics(out / "runs/real/ratio-0.0/resnet10t/seed-0/metrics.json")
+    assert metrics["test"]["n"] == (real["split"] == "test").sum()
+    assert metrics["validation"]["n"] == (real["split"] == "validation").sum()
+    assert metrics["test"]["top1"] > 0.2  # ten classes: chance is 0.1
+    assert metrics["processes"] == 1 and metrics["fingerprint"] and metrics["versions"]["torch"]
     summary = pd.read_csv(out / "report" / "summary.csv")
-    assert len(summary) == len(runs) * 2
+    assert len(summary) == len(runs) * 2 * 2  # test and validation, top-1 and top-5
     page = (out / "report" / "index.html").read_text()
     assert "figures/accuracy.png" in page and "samples-generated.png" in page
     assert (out / "report" / "figures" / "samples-generated.png").exists()
     assert list(tmp_path.glob("logs/tiny/train/*/*/*/*.log")) and list(tmp_path.glob("benchmarks/tiny/train/*/*/*/*.tsv"))
 
-    # The distribution analysis compared each source with the real train split.
-    for source in ("generated", "control"):
-        analysis = json.loads((out / "analysis" / f"{source}.json").read_text())
-        assert set(analysis["whole"]) >= {"fid", "kid", "precision", "recall", "density", "coverage", "diversity_ratio"}
-        assert len(analysis["per_class"]) == 10
-    assert "How contaminant images differ" in page
+    # The distribution analysis compared each source, and the real-vs-real floor,
+    # with the reference split that no model saw, all at one sample size.
+    sizes = set()
+    for name in ("generated", "control", "real-vs-real"):
+        analysis = read_comparison(out / "analysis" / f"{name}.json")
+        whole = analysis["whole"]
+        assert set(whole) >= {"fid", "fid_ci95", "kid", "precision", "recall_ci95", "density", "coverage_ci95", "diversity_ratio"}
+        assert whole["fid_ci95"][0] <= whole["fid"] <= whole["fid_ci95"][1]
+        assert len(analysis["per_class"]) == 10 and analysis["source"] == name
+        sizes |= {whole["n_reference"], whole["n_other"]}
+    assert len(sizes) == 1
+    assert "real-vs-real" in page
 
     # A manifest is a pure function of (config, seed): rebuilt elsewhere, same bytes.
     other = tmp_path / "again"

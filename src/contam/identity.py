@@ -24,6 +24,7 @@ import pandas as pd
 
 from contam import config as contam_config
 from contam.io import file_sha256, stable_hash
+from contam.mix import REAL_ORIGIN
 from contam.resources import resource_set
 
 # Keys that decide only what happens to flagged images, or whether a hub may be
@@ -55,7 +56,7 @@ def mix_settings(config: dict, source: str, ratio: str) -> dict:
     spec = config["sources"].get(source, {})
     return {
         "source": source,
-        "origin": spec.get("origin", "real"),
+        "origin": spec.get("origin", REAL_ORIGIN),
         "real_split": spec.get("real_split"),
         "ratio": float(ratio),
         "seed": config["seed"],

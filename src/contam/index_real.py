@@ -28,6 +28,8 @@ from tqdm import tqdm
 from contam.config import DIGIT_NAMES
 from contam.identity import content_ids
 from contam.images import check_image
+from contam.layout import BASELINE_SOURCE
+from contam.mix import REAL_ORIGIN
 from contam.seeds import rng
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,8 @@ def export_digits(out_dir: str | os.PathLike, image_size: int, fractions: dict[s
         os.replace(tmp, path)
         rows.append((str(path), int(label), DIGIT_NAMES[int(label)], split, content_id))
     frame = pd.DataFrame(rows, columns=["path", "label", "class_name", "split", "content_id"])
-    frame["origin"] = "real"
-    frame["source"] = "real"
+    frame["origin"] = REAL_ORIGIN
+    frame["source"] = BASELINE_SOURCE
     return frame[INDEX_COLUMNS].sort_values("path", ignore_index=True)
 
 
@@ -122,8 +124,8 @@ def index_image_folder(
     split: str,
     extensions: list[str],
     workers: int = 8,
-    source: str = "real",
-    origin: str = "real",
+    source: str = BASELINE_SOURCE,
+    origin: str = REAL_ORIGIN,
 ) -> tuple[pd.DataFrame, dict]:
     """Index ``root/<class folder>/<image>``; undecodable images are skipped and counted.
 

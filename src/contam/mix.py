@@ -20,7 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from contam.layout import BASELINE_SOURCE
 from contam.seeds import rng
+
+# The origin of real rows; the baseline source names where they sit in results/.
+REAL_ORIGIN = "real"
 
 MANIFEST_COLUMNS = ["path", "label", "class_name", "origin", "source", "prompt", "seed", "generator", "replaces"]
 
@@ -107,7 +111,7 @@ def mix(
     k = replaced_per_class(sizes, ratio)
     replace = real_rank < k[labels]
     if not replace.any():
-        return _as_manifest(real, origin="real", source="real")[MANIFEST_COLUMNS]
+        return _as_manifest(real, origin=REAL_ORIGIN, source=BASELINE_SOURCE)[MANIFEST_COLUMNS]
     if contaminant is None or contaminant.empty:
         raise NotEnoughImages(f"source {source!r} has no images, but ratio {ratio} replaces {int(replace.sum())}")
 
@@ -134,7 +138,7 @@ def mix(
     kept = np.flatnonzero(~replace)
     incoming = pool.iloc[chosen].reset_index(drop=True).assign(replaces=real["path"].to_numpy()[replaced])
     parts = [
-        _as_manifest(real.iloc[kept], origin="real", source="real"),
+        _as_manifest(real.iloc[kept], origin=REAL_ORIGIN, source=BASELINE_SOURCE),
         _as_manifest(incoming, origin=origin, source=source),
     ]
     out = pd.concat(parts, ignore_index=True)

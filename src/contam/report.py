@@ -71,12 +71,17 @@ def check_origins(arms: list[str], origins: dict[str, str]) -> None:
         raise ValueError(f"every arm needs an origin of {ORIGINS}; got {bad}")
 
 
+# Evaluated beside test for choosing settings; not an out-of-distribution set.
+VALIDATION = "validation"
+
+
 def tidy_metrics(metrics: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for path, data in metrics.items():
         run = data["run"]
         key = (run["source"], float(run["ratio"]), run["model"], int(run["seed"]), int(data["processes"]))
-        for test_set, result in {"test": data["test"], **data.get("ood", {})}.items():
+        sets = {"test": data["test"], **({VALIDATION: data["validation"]} if "validation" in data else {}), **data.get("ood", {})}
+        for test_set, result in sets.items():
             for metric in ("top1", "top5"):
                 rows.append((*key, test_set, metric, float(result[metric]), str(path)))
     frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
@@ -94,7 +99,7 @@ def summarise(tidy: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std (ddof=1; NaN for one seed) and seed count per (set, metric, model, source, ratio)."""
     keys = ["test_set", "metric", "model", "source", "ratio"]
     grouped = tidy.groupby(keys)["value"]
-    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, seeds="count").reset_index()
+    out = grouped.agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), seeds="count").reset_index()
     return out.sort_values(keys, ignore_index=True)
 
 
@@ -297,7 +302,7 @@ def bracket(low: float, high: float, fmt) -> str:
 
 def mean_cell(mean: float, std: float, seeds: int) -> str:
     """'72.0 ± 2.8 (n=2)'; with one seed no spread is printed: '72.0 (n=1)'."""
-    if _missing(std):
+    if seeds < 2 or _missing(std):
         return f"{100 * mean:.1f} (n={seeds})"
     return f"{100 * mean:.1f} ± {100 * std:.1f} (n={seeds})"
 
@@ -533,8 +538,16 @@ def contrast_section(study: Study) -> Section | None:
     return "Generated minus control (paired by seed, percentage points, 95 % interval)", html_table(contrast_display(contrasts)) + note
 
 
+def validation_section(study: Study) -> Section | None:
+    if not (study.tidy["test_set"] == VALIDATION).any():
+        return None
+    note = ("<p class='note'>The real validation split: settings chosen by hand (recipes, sizes of the study) are chosen on these numbers, "
+            "never on the test split above.</p>")
+    return "Validation accuracy (mean ± std over seeds, n = seeds)", html_table(accuracy_table(study.summary, VALIDATION)) + note
+
+
 def ood_section(study: Study) -> Section | None:
-    ood = study.tidy[(study.tidy["test_set"] != "test") & (study.tidy["metric"] == "top1")]
+    ood = study.tidy[~study.tidy["test_set"].isin(["test", VALIDATION]) & (study.tidy["metric"] == "top1")]
     if not len(ood):
         return None
     parts = [f"<h3>{html.escape(s)}</h3>" + html_table(accuracy_table(study.summary, s)) for s in sorted(ood["test_set"].unique())]
@@ -731,6 +744,7 @@ def build_report(
         change_section(study),
         contrast_section(study),
         ood_section(study),
+        validation_section(study),
         classes_section(study, real_index),
         distribution_section(analysis_files, study.origins),
         samples_section(study, real_index, generated),
