@@ -31,6 +31,7 @@ import csv
 import functools
 import logging
 import math
+import os
 import random
 import signal
 import struct
@@ -127,18 +128,24 @@ class Processes:
     """This process among the training processes (one, or several under accelerate)."""
 
     def __init__(self, device: torch.device, expected: int):
-        from accelerate import Accelerator
+        # Only a multi-process launch (which sets WORLD_SIZE) gets an
+        # Accelerator: one process needs none of it, and its state is a
+        # process-wide singleton that refuses a CPU run after a CUDA one.
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
 
-        self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
-        self.world = self.accelerator.num_processes
+            self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+        self.world = self.accelerator.num_processes if self.accelerator else 1
         if self.world != expected:
             raise ValueError(
                 f"training was set up for {expected} process(es) but runs in {self.world}: the process count "
                 f"multiplies the effective batch, so it is a setting (launch through contam.train_cli with as many processes)"
             )
-        self.rank, self.main = self.accelerator.process_index, self.accelerator.is_main_process
+        self.rank = self.accelerator.process_index if self.accelerator else 0
+        self.main = self.rank == 0
         # Under a multi-process launch every process has its own device.
-        self.device = self.accelerator.device if self.world > 1 else device
+        self.device = self.accelerator.device if self.accelerator else device
 
     def per_rank(self, tensor: torch.Tensor) -> torch.Tensor:
         """Stack one tensor from every rank (a collective: all ranks call it)."""
@@ -152,8 +159,15 @@ class Processes:
             return flag
         return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.device), "sum").item() > 0)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
     def wait(self) -> None:
-        self.accelerator.wait_for_everyone()
+        if self.accelerator:
+            self.accelerator.wait_for_everyone()
 
 
 class _StopFlag:
@@ -318,7 +332,7 @@ class Trainer:
             logits = self.fit_model(images)
             loss = self.criterion(logits, labels)
         state.optimizer.zero_grad(set_to_none=True)
-        self.processes.accelerator.backward(state.scaler.scale(loss))
+        self.processes.backward(state.scaler.scale(loss))
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.schedule.step()
