@@ -137,6 +137,21 @@ def test_resampled_radii_skip_own_copies_and_count_other_copies():
     assert analysis.knn_radii(neighbours, np.array([1, 2, 1, 0]), 2)[0] == 1.0
 
 
+def test_a_bootstrap_replicate_weights_its_resample_and_never_counts_a_copy_as_a_neighbour():
+    sets = clouds()
+    x, y = sets["reference"]["features"][:75], sets["control"]["features"][:75]  # 25 of each class, grouped
+    m = analysis.manifolds(x, y, 1)
+    replicates = analysis.bootstrap_replicates(x, y, CLASSES, m, 3, np.random.default_rng(5))
+    draws, offsets = np.random.default_rng(5), np.repeat(np.arange(CLASSES) * 25, 25)
+    for b in range(3):
+        pick_x, pick_y = offsets + draws.integers(0, 25, 75), offsets + draws.integers(0, 25, 75)
+        assert replicates["fid"][b] == pytest.approx(analysis.frechet_distance(x[pick_x], y[pick_y]))
+        weighted = analysis.prdc(m, np.bincount(pick_x, minlength=75), np.bincount(pick_y, minlength=75))
+        assert {key: replicates[key][b] for key in analysis.PRDC_KEYS} == pytest.approx(weighted)
+        # the duplicated arrays themselves give copies k-NN radii of 0 (k=1): a different, biased value
+        assert analysis.prdc(analysis.manifolds(x[pick_x], y[pick_y], 1))["recall"] < weighted["recall"]
+
+
 @pytest.mark.parametrize("n", [15, 200])
 def test_frechet_distance_is_clean_fids(n):
     from cleanfid.fid import frechet_distance

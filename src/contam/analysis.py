@@ -2,14 +2,22 @@
 
 The paper's explanation of the accuracy drop is that generated images are less
 diverse: in precision/recall terms they cover only a sub-region of the real
-distribution. We measure, for each contaminant source against the real training
-images, on the whole set and class by class:
+distribution. We measure, for each contaminant source, on the whole set and
+class by class:
 
-* FID and KID (clean-fid's ``frechet_distance`` and ``kernel_distance`` on features);
+* FID (exact, see ``frechet_distance``) and KID (clean-fid's ``kernel_distance``);
 * precision, recall, density and coverage (Kynkäänniemi et al. 2019; Naeem et
-  al. 2020) with the ``prdc`` package;
+  al. 2020), computed here (``prdc``; equal to the ``prdc`` package's values)
+  so that resamples can be weighted;
 * diversity: the mean pairwise feature distance within a class, relative to the
   real images of that class (1.0 = as diverse as real data).
+
+Every set is compared with half A of a real *reference* split that neither the
+feature extractor nor any generator has seen (a classifier's features of its own
+training images would mix in its generalisation gap). Half B against half A is
+the real-vs-real floor. All comparisons use the same number of images per class
+(``comparison_size``), since FID and the k-NN metrics depend on the sample size,
+and carry bootstrap intervals (``compare_to_reference``).
 
 Features come from a configurable extractor: clean-fid's Inception (from an
 explicit local weights file; nothing is downloaded) or, offline, the penultimate
@@ -95,7 +103,7 @@ def reference_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndar
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         members = members[np.argsort(keys[members], kind="stable")]
-        half_a.append(members)
+        half_a.append(members[: (len(members) + 1) // 2])
         half_b.append(members[(len(members) + 1) // 2 :])
     return np.sort(np.concatenate(half_a)), np.sort(np.concatenate(half_b))
 
@@ -160,17 +168,22 @@ def manifolds(real: np.ndarray, fake: np.ndarray, nearest_k: int) -> dict:
     if min(len(real), len(fake)) <= nearest_k:
         raise ValueError(f"precision/recall with nearest_k={nearest_k} need more than {nearest_k} images per set, got {len(real)} and {len(fake)}")
     result = {"k": nearest_k, "real": nearest_neighbours(real, NEIGHBOURS_KEPT), "fake": nearest_neighbours(fake, NEIGHBOURS_KEPT)}
-    # with a full neighbour list a radius can be infinite (fewer than k others in a resample)
-    limit = [np.inf if d.shape[1] == len(x) - 1 else d[:, -1] for x, (d, _) in ((real, result["real"]), (fake, result["fake"]))]
-    limit = [np.broadcast_to(lim, (len(x),)) for lim, x in zip(limit, (real, fake))]
+    real_limit, fake_limit = largest_radius(result["real"][0]), largest_radius(result["fake"][0])
     pairs = []
     step = max(1, _BLOCK // len(fake))
     for start in range(0, len(real), step):
         d = pairwise_distances(real[start : start + step], fake)
-        i, j = np.nonzero((d < limit[0][start : start + step, None]) | (d < limit[1][None, :]))
+        i, j = np.nonzero((d < real_limit[start : start + step, None]) | (d < fake_limit[None, :]))
         pairs.append((start + i, j, d[i, j]))
     result["pairs"] = tuple(np.concatenate(p) for p in zip(*pairs))
     return result
+
+
+def largest_radius(dist: np.ndarray) -> np.ndarray:
+    """Bound on each point's k-NN radius in any resample (see knn_radii)."""
+    if dist.shape[1] == len(dist) - 1:  # every other point listed: a resample may leave fewer than k
+        return np.full(len(dist), np.inf)
+    return dist[:, -1]
 
 
 def knn_radii(neighbours: tuple[np.ndarray, np.ndarray], weights: np.ndarray, k: int) -> np.ndarray:
@@ -304,17 +317,33 @@ def compare_to_reference(reference: dict, other: dict | None, *, max_per_class: 
     ``reference`` and ``other`` are dicts as read_features returns; ``other=None``
     compares half B with half A (the real-vs-real floor). Both sides are
     subsampled (seeded, stratified) to comparison_size images per class, so every
-    metric of every comparison has the same sample size.
+    metric of every comparison has the same sample size; half A's subsample is
+    the same for every source.
+
+    Bootstrap (``bootstrap`` resamples; BOOTSTRAP_METHOD): each set is resampled
+    with replacement within each class, independently. A plain resample would
+    put a point's copies into its own k-NN ball at distance 0, shrinking radii
+    and biasing precision/recall/density/coverage; ``knn_radii`` skips a point's
+    own copies and counts other points with their multiplicity, so a resample of
+    n points keeps the radii of n points. Resampling still shifts these
+    statistics and FID (see ``interval``), so the 95 % percentile interval is
+    re-centred on the estimate. In simulations (10 Gaussian classes of 20, d=64,
+    k=5; same, narrowed and shifted distributions; 60 trials of B=100) these
+    intervals held the expected value in 95-100 % of trials for every metric,
+    while plain percentile intervals held FID's in none and coverage's in ~20 %,
+    and half-sampling without replacement (m = n/2) reached only 33-92 %.
     """
     labels = np.asarray(reference["labels"])
     classes = np.unique(labels)
     n_per_class = comparison_size(labels, max_per_class, seed)
     half_a, half_b = reference_halves(labels, seed)
-    source, what = ((reference, half_b), "half B of the reference split") if other is None else ((other, slice(None)), "the compared set")
+    what = "the compared set"
+    if other is None:
+        other, what = {key: np.asarray(reference[key])[half_b] for key in ("features", "labels")}, "half B of the reference split"
     pick_ref = half_a[stratified_subsample(labels[half_a], classes, n_per_class, rng(seed, "reference-subsample"), "half A of the reference split")]
-    pick_other = stratified_subsample(np.asarray(source[0]["labels"])[source[1]], classes, n_per_class, rng(seed, "compared-subsample"), what)
+    pick_other = stratified_subsample(np.asarray(other["labels"]), classes, n_per_class, rng(seed, "compared-subsample"), what)
     ref = np.asarray(reference["features"], np.float64)[pick_ref]
-    oth = np.asarray(source[0]["features"], np.float64)[source[1]][pick_other]
+    oth = np.asarray(other["features"], np.float64)[pick_other]
     m = manifolds(ref, oth, nearest_k)
     whole = {"n_reference": len(ref), "n_other": len(oth), "fid": frechet_distance(ref, oth), "kid": kernel_distance(ref, oth, kid_subsets, kid_subset_size, seed), "kid_subset_size": min(kid_subset_size, len(ref)), **prdc(m)}
     replicates = bootstrap_replicates(ref, oth, len(classes), m, bootstrap, rng(seed, "bootstrap"))

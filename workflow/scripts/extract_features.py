@@ -1,11 +1,11 @@
-"""Glue for rule extract_features: see contam.analysis."""
+"""Glue for rule extract_features: see contam.features."""
 
-from contam import analysis, logs
+from contam import features, logs
 from contam.io import read_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
-analysis.extract_feature_set(
+features.extract_feature_set(
     index=read_parquet(sm.input.index),
     settings=sm.params.settings,
     extractor_weights=sm.input.extractor,
