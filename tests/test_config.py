@@ -16,7 +16,7 @@ def test_default_config_is_valid(default_config):
     [
         (lambda c: c["mixing"].update(ratios=[0.0, 1.5]), "ratios"),
         (lambda c: c["mixing"].update(ratios=[-0.1]), "ratios"),
-        (lambda c: c["models"]["resnet18"].update(arch="resnet9000"), "models.resnet18.arch"),
+        (lambda c: c["models"]["resnet10t"].update(arch="resnet9000"), "models.resnet10t.arch"),
         (lambda c: c["sources"]["generated"].update(shards=10_000), "sources.generated.shards"),
         (lambda c: c["sources"]["generated"].update(generator="nope"), "sources.generated.generator"),
         (lambda c: c.update(typo_key=1), "typo_key"),
@@ -79,11 +79,11 @@ def test_runs_share_ratio_zero(default_config):
 
 
 def test_training_recipe_overrides_merge(default_config):
-    default_config["models"]["resnet18"]["training"] = {"epochs": 3, "augment": {"hflip": True}}
-    recipe = cfg.training_recipe(default_config, "resnet18")
+    default_config["models"]["resnet10t"]["training"] = {"epochs": 3, "augment": {"hflip": True}}
+    recipe = cfg.training_recipe(default_config, "resnet10t")
     assert recipe["epochs"] == 3
     assert recipe["augment"] == {"crop_scale": [0.8, 1.0], "hflip": True}
-    assert default_config["training"]["epochs"] == 12  # the shared recipe is untouched
+    assert default_config["training"]["epochs"] == 6  # the shared recipe is untouched
 
 
 def test_timm_model_list_matches_installed_timm():

@@ -23,9 +23,9 @@ def test_generation_settings_hold_what_changes_images_only(default_config):
 
 def test_run_settings_count_training_processes(default_config):
     config = validated(default_config)
-    assert identity.run_settings(config, "resnet18", 0)["processes"] == 1
+    assert identity.run_settings(config, "resnet10t", 0)["processes"] == 1
     config["resources"]["train"]["gpu"] = 4
-    settings = identity.run_settings(config, "resnet18", "1")
+    settings = identity.run_settings(config, "resnet10t", "1")
     assert settings["processes"] == 4 and settings["seed"] == 1
 
 

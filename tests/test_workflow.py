@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, job_counts, run_snakemake, tiny_config, write_yaml
+from conftest import REPO, job_counts, run_snakemake, snakemake_env, tiny_config, write_yaml
 from contam.analysis import read_comparison
 from contam.evaluate import read_metrics
 from contam.io import file_sha256, read_parquet
 
-def snakemake(*args, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run_snakemake(*args, cwd=cwd, check=check)
+def snakemake(*args, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_snakemake(*args, cwd=cwd, check=check, env=env)
 
 
 def test_lint_is_clean(repo):
@@ -76,7 +76,10 @@ def test_changed_real_data_regenerates_every_image(tmp_path, default_config):
     config["sources"] = {"generated": config["sources"]["generated"]}
     path = write_yaml(tmp_path / "gen.yaml", config)
     counts_file, index_file = tmp_path / "results/gen/generated/generated.json", tmp_path / "results/gen/generated/generated.parquet"
-    snakemake("--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    # The caller does not set HF_HUB_OFFLINE: the workflow itself does, for every job.
+    caller = {k: v for k, v in snakemake_env().items() if not k.startswith("HF_")}
+    snakemake("--cores", "2", "--configfile", str(path), cwd=tmp_path, env=caller)
+    assert "HF_HUB_OFFLINE=1" in (tmp_path / "logs/gen/fit_generator/digits_ddim.log").read_text()
     first = read_parquet(index_file)
     assert json.loads(counts_file.read_text())["generated"] == len(first) == 220
 
@@ -168,6 +171,9 @@ def test_partial_reruns(tiny_study):
     # Changing a speed-only knob reruns nothing.
     plan = snakemake("-n", "--configfile", str(config), "--config", "execution={generate_batch_size: 7, eval_batch_size: 3}", cwd=tmp_path)
     assert "Nothing to be done" in plan.stdout
+    # What the report shows is a param of it: editing it reruns the report alone.
+    plan = snakemake("-n", "--configfile", str(config), "--config", "report={paper_reference: false}", cwd=tmp_path)
+    assert job_counts(plan.stdout) == {"report": 1, "all": 1, "total": 2}
 
     # One run alone is rebuilt after its outputs go; a partial report names it.
     run_dir = out / "runs" / "generated" / "ratio-0.5" / "resnet10t" / "seed-0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -20,6 +21,8 @@ def setup(log_path: str | None, threads: int | None = None) -> logging.Logger:
         force=True,
     )
     logging.captureWarnings(True)
+    # The hub libraries read this once, at import: it tells whether this job could download.
+    logging.getLogger("contam").info("HF_HUB_OFFLINE=%s", os.environ.get("HF_HUB_OFFLINE", "<unset>"))
     if threads:
         import torch
 

@@ -78,8 +78,9 @@ def build_optimizer(model: torch.nn.Module, recipe: dict) -> torch.optim.Optimiz
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
     if recipe["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=recipe["learning_rate"], momentum=recipe.get("momentum", 0.9), nesterov=True)
-    return torch.optim.AdamW(groups, lr=recipe["learning_rate"])
+        return torch.optim.SGD(groups, lr=recipe["learning_rate"], momentum=recipe.get("momentum", 0.9), nesterov=True, foreach=True)
+    # foreach: PyTorch picks the per-tensor loop on CPUs, which costs a ResNet-18 a fifth of its step.
+    return torch.optim.AdamW(groups, lr=recipe["learning_rate"], foreach=True)
 
 
 # ---- RNG states ---------------------------------------------------------------

@@ -45,7 +45,7 @@ rule evaluate:
         gpu=gpus_of("evaluate"),
     params:
         settings=run_settings,
-        crop_ratio=config.get("evaluation", {}).get("crop_ratio"),
+        crop_ratio=config["evaluation"]["crop_ratio"],
         ood_sets=OOD_SETS,
     script:
         "../scripts/evaluate.py"
