@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/optimizer.py
 
 clean:
 	rm -rf results logs benchmarks .snakemake
