@@ -79,11 +79,12 @@ def test_runs_share_ratio_zero(default_config):
 
 
 def test_training_recipe_overrides_merge(default_config):
-    default_config["models"]["resnet10t"]["training"] = {"epochs": 3, "augment": {"hflip": True}}
+    shared_epochs = default_config["training"]["epochs"]
+    default_config["models"]["resnet10t"]["training"] = {"epochs": shared_epochs + 3, "augment": {"hflip": True}}
     recipe = cfg.training_recipe(default_config, "resnet10t")
-    assert recipe["epochs"] == 3
+    assert recipe["epochs"] == shared_epochs + 3
     assert recipe["augment"] == {"crop_scale": [0.8, 1.0], "hflip": True}
-    assert default_config["training"]["epochs"] == 6  # the shared recipe is untouched
+    assert default_config["training"]["epochs"] == shared_epochs  # the shared recipe is untouched
 
 
 def test_timm_model_list_matches_installed_timm():

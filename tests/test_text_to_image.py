@@ -128,10 +128,12 @@ def test_flagged_images_are_regenerated_with_the_next_seed(checked_sd, tmp_path)
         original = int(rows.loc[rows["row"] == row["row"], "seed"].iloc[0])
         assert row["seed"] == original + row["regenerations"]
         assert Path(row["path"]).name.endswith(f"-r{row['regenerations']}.png")
-        # The kept image is exactly what its recorded seed gives, and not flagged.
+        # The kept image is what its recorded seed gives, and not flagged; it
+        # was made in a batch of 5, so a rare value may differ by one level.
         again, flags = sampler(pd.DataFrame([row]))
         assert not flags[0]
-        assert np.array_equal(again[0], np.asarray(Image.open(row["path"])))
+        differences = np.abs(again[0].astype(int) - np.asarray(Image.open(row["path"])))
+        assert differences.max() <= 1 and (differences > 0).mean() < 1e-3
     for path in index["path"]:
         assert image_problem(np.asarray(Image.open(path)), (32, 32)) is None  # never a black frame
     flagged_rows = {r for r, _ in counts["flagged_rows"]}
