@@ -30,6 +30,7 @@ if settings["processes"] > 1:
     rc = train_cli.launch(job, settings["processes"], threads=sm.threads, stream=sys.stderr)
     if rc != 0:
         sys.exit(f"training on {settings['processes']} processes failed or was preempted (exit status {rc}); see {sm.log[0]}")
+    log.info("trained on %d processes", settings["processes"])
 else:
     summary = train.train(
         read_parquet(sm.input.manifest),
