@@ -144,5 +144,10 @@ def job_file(root: str, rule: str, extension: str, **values) -> str:
 
 def rule_of_job_file(root: str, path: str) -> str:
     """The rule that wrote a log or benchmark file under ``root``."""
-    first = path[len(root):].lstrip("/").split("/", 1)[0]
-    return first.rsplit(".", 1)[0]
+    import os
+    from pathlib import Path
+
+    file, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if not file.is_relative_to(base):
+        raise ValueError(f"job file {file} is not under {base}")
+    return file.relative_to(base).parts[0].rsplit(".", 1)[0]

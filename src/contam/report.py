@@ -25,7 +25,7 @@ import pandas as pd
 
 from contam.images import load_rgb
 from contam.io import atomic_path, write_text
-from contam.layout import BASELINE_SOURCE, FLOOR
+from contam.layout import BASELINE_SOURCE, FLOOR, rule_of_job_file
 
 TIDY_COLUMNS = ["source", "ratio", "model", "seed", "processes", "test_set", "metric", "value", "metrics_file"]
 ORIGINS = ("generated", "control")
@@ -211,14 +211,11 @@ def classes_hurt_most(per_class: pd.DataFrame, class_names: dict[int, str], top:
 def compute_per_rule(benchmark_files: list[str | Path], benchmark_root: str | Path) -> pd.DataFrame:
     """Wall-clock and CPU time per rule, summed over its ``benchmark:`` files.
 
-    The rule is the first path component below ``benchmark_root``.
+    The rule is the first path component below ``benchmark_root`` (contam.layout names them).
     """
     rows = []
-    root = Path(os.path.abspath(benchmark_root))
-    for tsv in sorted(Path(os.path.abspath(p)) for p in benchmark_files):
-        if not tsv.is_relative_to(root):
-            raise ValueError(f"benchmark file {tsv} is not under {root}")
-        rule = tsv.relative_to(root).parts[0].removesuffix(".tsv")
+    for tsv in sorted(benchmark_files):
+        rule = rule_of_job_file(str(benchmark_root), str(tsv))
         frame = pd.read_csv(tsv, sep="\t")
         last = lambda column: float(frame[column].iloc[-1]) if column in frame else np.nan  # noqa: E731
         rows.append({"rule": rule, "jobs": 1, "wall_s": last("s"), "cpu_s": last("cpu_time"), "max_rss_mb": last("max_rss")})
