@@ -18,6 +18,7 @@ include: "workflow/rules/generate.smk"
 include: "workflow/rules/mix.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/generative.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -28,6 +29,9 @@ localrules:
     gather_generated,
     mix,
     report,
+    build_loop_manifest,
+    score_reference_floor,
+    report_generative,
 
 
 rule all:

@@ -50,6 +50,10 @@ def check_semantics(config: dict) -> None:
         _check_generation_only(config, problems)
     else:
         _check_classification(config, problems)
+    if config.get("task") == "generative":
+        _check_generative(config, problems)
+    elif "generative" in config:
+        problems.append("generative: this section is read only with task: generative")
     _check_generators(config, problems)
     _check_results_dir(config, problems)
     if problems:
@@ -103,6 +107,9 @@ def _check_classification(config: dict, problems: list[str]) -> None:
                     problems.append(f"{key}.real_split: a digits control source must use real_split: control")
                 elif real["split_fractions"]["control"] <= 0:
                     problems.append("real.split_fractions.control: must be > 0 for a control source")
+                elif real["split_fractions"]["control"] < real["split_fractions"]["train"] * max(config["mixing"]["ratios"]) + 0.01:
+                    # Stratified rounding can leave a class one image short, hence the margin.
+                    problems.append("real.split_fractions.control: the control pool must be larger than the share of the train split it replaces (train x the largest ratio, plus 0.01)")
             elif "root" not in src:
                 problems.append(f"{key}.root: required for a control source of an image-folder dataset")
             for bad in ("generator", "prompts"):
@@ -113,6 +120,33 @@ def _check_classification(config: dict, problems: list[str]) -> None:
 
     if config["analysis"]["enabled"]:
         _check_analysis(config, problems)
+
+
+def _check_generative(config: dict, problems: list[str]) -> None:
+    """The generative study: a judge classifier, and loop regimes that cannot collide with sources."""
+    if "generative" not in config:
+        problems.append("generative: required with task: generative")
+        return
+    analysis = config["analysis"]
+    if not analysis["enabled"]:
+        problems.append("analysis.enabled: task generative scores samples against the reference split; it must be true")
+    if analysis["feature_extractor"] != "classifier":
+        problems.append("analysis.feature_extractor: task generative judges samples with the real-only classifier; use classifier")
+    loop = config["generative"]["loop"]
+    for regime in loop["regimes"]:
+        if regime in config["sources"]:
+            problems.append(f"sources.{regime}: a source may not share its name with a loop regime in generative.loop.regimes")
+    if config["real"]["kind"] == "digits":
+        image_size = config["generative"]["model"]["image_size"]
+        if image_size != config["real"]["image_size"]:
+            problems.append(f"generative.model.image_size: {image_size} differs from real.image_size {config['real']['image_size']}; models must train and sample at the real images' size")
+        if "fresh" in loop["regimes"]:
+            splits = config["real"]["split_fractions"]
+            for split in loop["fresh_splits"]:
+                if split not in splits or split not in SEEN_SPLITS:
+                    problems.append(f"generative.loop.fresh_splits: {split!r} is not a split models may train on ({', '.join(SEEN_SPLITS)})")
+    elif "fresh" in loop["regimes"]:
+        problems.append("generative.loop.regimes: fresh needs a pool of real images beyond the train split; only the digits world has one")
 
 
 def _check_generators(config: dict, problems: list[str]) -> None:

@@ -2,8 +2,14 @@
 
 A diffusers ``UNet2DModel`` with one class embedding per class plus a "no class"
 embedding (for classifier-free guidance) learns to denoise the real training
-images. It stands in for "a generator trained on the web" in the embedded world.
+images. It stands in for "a generator trained on the web" in the embedded world,
+and it is the model the generative study trains on every mix (``contam.generative``).
 The weights saved are the exponential moving average, as safetensors.
+
+A fit survives a kill: every ``checkpoint_every`` steps it writes (atomically) the
+UNet, its average, the optimiser, the schedule, the RNG state and the log, and a
+rerun with the same settings and data resumes there and ends with the same
+weights as an uninterrupted fit. A checkpoint of other settings is ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from contam.logs import Throughput
 log = logging.getLogger(__name__)
 
 TRAIN_TIMESTEPS = 1000
+HISTORY_FIELDS = ("step", "loss", "lr", "images_per_s")
 SCHEDULE = "squaredcos_cap_v2"
 
 
@@ -68,6 +75,13 @@ def load_images(index: pd.DataFrame, image_size: int) -> torch.Tensor:
     return stacked / 127.5 - 1.0
 
 
+class Stopped(RuntimeError):
+    """Raised (for tests) after a checkpoint was saved at ``stop_after`` steps."""
+
+
+CHECKPOINT_FORMAT = 1
+
+
 def fit(
     train_index: pd.DataFrame,
     num_classes: int,
@@ -76,12 +90,29 @@ def fit(
     fit_config: dict,
     seed: int,
     device: torch.device,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    fingerprint: str = "",
+    checkpoint_every: int = 100,
+    init_from: str | os.PathLike | None = None,
+    stop_after: int | None = None,
 ) -> dict:
-    """Train the UNet and save it (EMA weights) with its scheduler under ``out_dir``."""
+    """Train the UNet and save it (EMA weights) with its scheduler under ``out_dir``.
+
+    ``checkpoint``: a file to resume from and save to (every ``checkpoint_every``
+    steps), used only if it was written with the same ``fingerprint``; it is
+    removed once the model is saved. ``init_from``: a fitted model folder whose
+    weights (its average) start the fit, i.e. fine-tuning instead of a fit from
+    scratch. ``stop_after`` (for tests) saves a checkpoint and raises Stopped.
+    """
     torch.manual_seed(seed)
     images = load_images(train_index, image_size).to(device)
     labels = torch.as_tensor(train_index["label"].to_numpy(), dtype=torch.long, device=device)
-    unet = build_unet(image_size, num_classes, fit_config["block_channels"], fit_config["layers_per_block"]).to(device)
+    unet = build_unet(image_size, num_classes, fit_config["block_channels"], fit_config["layers_per_block"])
+    if init_from is not None:
+        start = UNet2DModel.from_pretrained(Path(init_from) / "unet", use_safetensors=True)
+        unet.load_state_dict(start.state_dict())
+    unet = unet.to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     train_scheduler, sample_scheduler = noise_schedulers()
     steps, batch_size = int(fit_config["steps"]), int(fit_config["batch_size"])
@@ -91,10 +122,42 @@ def fit(
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     null_class = num_classes
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    history = []
+    history: list[dict] = []
+    first = 0
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if (state.get("format"), state.get("fingerprint")) == (CHECKPOINT_FORMAT, fingerprint):
+            unet.load_state_dict(state["unet"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["schedule"])
+            generator.set_state(state["rng"])
+            history = [{**dict(zip(HISTORY_FIELDS, row)), "step": int(row[0])} for row in state["history"].tolist()]
+            first = int(state["step"])
+            log.info("resuming from checkpoint at step %d of %d", first, steps)
+        else:
+            log.warning("ignoring checkpoint %s: it belongs to other settings or data", checkpoint)
+
+    def save_checkpoint(done: int) -> None:
+        table = torch.tensor([[float(h[f]) for f in HISTORY_FIELDS] for h in history], dtype=torch.float64)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": fingerprint,
+            "step": done,
+            "unet": unet.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": lr_schedule.state_dict(),
+            "rng": generator.get_state(),
+            "history": table.reshape(-1, len(HISTORY_FIELDS)),
+        }
+        with atomic_path(checkpoint) as tmp:
+            torch.save(state, tmp)
+
     meter = Throughput()
-    log.info("fitting a %.2fM-parameter UNet on %d images for %d steps", sum(p.numel() for p in unet.parameters()) / 1e6, len(images), steps)
-    for step in tqdm(range(steps), desc="fit generator", mininterval=10):
+    log.info("fitting a %.2fM-parameter UNet on %d images for %d steps (%s)", sum(p.numel() for p in unet.parameters()) / 1e6, len(images), steps, f"from {init_from}" if init_from else "from scratch")
+    for step in tqdm(range(first, steps), desc="fit generator", mininterval=10, initial=first, total=steps):
         pick = torch.randint(len(images), (batch_size,), generator=generator).to(device)
         clean = images[pick]
         cond = labels[pick].clone()
@@ -117,6 +180,11 @@ def fit(
         if step % 100 == 0 or step == steps - 1:
             history.append({"step": step, "loss": float(loss), "lr": lr_schedule.get_last_lr()[0], "images_per_s": meter.rate})
             log.info("step %d loss %.4f (%s images)", step, float(loss), meter)
+        done = step + 1
+        if checkpoint is not None and done < steps and (done % checkpoint_every == 0 or done == stop_after):
+            save_checkpoint(done)
+        if stop_after is not None and done == stop_after:
+            raise Stopped(f"stopped after step {done}; checkpoint saved")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +194,8 @@ def fit(
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    summary = {"steps": steps, "final_loss": history[-1]["loss"], "seconds": meter.seconds, "num_classes": num_classes, "image_size": image_size}
+    summary = {"steps": steps, "final_loss": history[-1]["loss"], "seconds": meter.seconds, "num_classes": num_classes, "image_size": image_size, "resumed_at": first}
     write_json(summary, out / "fit_summary.json")
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return summary

@@ -66,6 +66,11 @@ def generated_root(out: str, source: str) -> str:
     return f"{out}/generated/{source}"
 
 
+def fit_checkpoint(model_dir: str) -> str:
+    """Beside a fitted model's folder, not in it: Snakemake clears a failed job's outputs."""
+    return f"{model_dir}.checkpoint.pt"
+
+
 def shard_index(out: str, source: str, shard: int | str) -> str:
     return f"{generated_root(out, source)}/shard-{shard}.parquet"
 
@@ -114,6 +119,53 @@ def report_dir(out: str) -> str:
     return f"{out}/report"
 
 
+# ---- the generative study (task: generative) ----------------------------------
+#
+# A unit is one generative model: trained on a contaminated mix (track = a source,
+# or the real baseline; level = "ratio-0.4") or in the self-consuming loop (track
+# = a regime; level = "gen-2"). Generation 0 of every regime is the real baseline
+# unit, real/ratio-0.0, so it is trained once.
+
+
+def ratio_level(ratio: float | str) -> str:
+    return f"ratio-{ratio_tag(ratio)}"
+
+
+def generation_level(generation: int | str) -> str:
+    return f"gen-{generation}"
+
+
+def generative_unit(out: str, track: str, level: str, seed: int | str) -> str:
+    return f"{out}/generative/{track}/{level}/seed-{seed}"
+
+
+def generative_model(out: str, track: str, level: str, seed: int | str) -> str:
+    return f"{generative_unit(out, track, level, seed)}/model"
+
+
+def generative_samples(out: str, track: str, level: str, seed: int | str) -> str:
+    """The samples' index; the images sit beside it in ``samples-<settings id>/``."""
+    return f"{generative_unit(out, track, level, seed)}/samples.parquet"
+
+
+def generative_sample_counts(out: str, track: str, level: str, seed: int | str) -> str:
+    """What the unit's job did: images kept and dropped, and its fit's summary."""
+    return f"{generative_unit(out, track, level, seed)}/samples.json"
+
+
+def generative_metrics(out: str, track: str, level: str, seed: int | str) -> str:
+    return f"{generative_unit(out, track, level, seed)}/metrics.json"
+
+
+def loop_manifest(out: str, regime: str, generation: int | str, seed: int | str) -> str:
+    return f"{generative_unit(out, regime, generation_level(generation), seed)}/manifest.parquet"
+
+
+def generative_floor(out: str) -> str:
+    """Half B of the reference split scored like a unit's samples: every metric's floor."""
+    return f"{out}/generative/{FLOOR}.json"
+
+
 # ---- per-job logs and benchmarks --------------------------------------------
 #
 # logs/{experiment}/{rule}/{job name}.log and benchmarks/{experiment}/{rule}/{job
@@ -132,6 +184,11 @@ JOB_NAMES = {
     "evaluate": "{source}/ratio-{ratio}/{model}/seed-{seed}",
     "extract_features": "{feature_set}",
     "compare_distributions": "{comparison}",
+    "build_loop_manifest": "{regime}/gen-{generation}/seed-{seed}",
+    "fit_generative_model": "{track}/{level}/seed-{seed}",
+    "score_generative_model": "{track}/{level}/seed-{seed}",
+    "score_reference_floor": "",
+    "report_generative": "",
     "report": "",
 }
 

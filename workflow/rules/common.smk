@@ -1,6 +1,7 @@
 import os
 import re
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -17,7 +18,7 @@ os.environ.update(
 )
 
 from contam import config as contam_config
-from contam import config_checks, config_paths, identity, layout
+from contam import config_checks, config_paths, generative, identity, layout
 from contam import resources as contam_resources
 
 # Only the --config values (not config files) need their YAML types back.
@@ -61,6 +62,8 @@ ANALYSIS_MODEL = ANALYSIS.get("classifier") or next(
 )
 OOD_SETS = sorted(config.get("evaluation", {}).get("ood_sets", {}))
 REPORT = layout.report_dir(OUT)
+GENERATIVE = config.get("task") == "generative"
+LOOP_REGIMES = list(config["generative"]["loop"]["regimes"]) if GENERATIVE else []
 
 
 def log_of(rule_name):
@@ -85,6 +88,10 @@ wildcard_constraints:
     comparison=_alternatives([layout.FLOOR, *SOURCES]),
     ood_set=_alternatives(OOD_SETS),
     ratio=r"[01]\.\d+",
+    track=_alternatives([BASELINE, *SOURCES, *LOOP_REGIMES]),
+    level=r"ratio-[01]\.\d+|gen-\d+",
+    regime=_alternatives(LOOP_REGIMES),
+    generation=r"\d+",
     seed=r"\d+",
     shard=r"\d+",
 
@@ -217,6 +224,8 @@ def study_targets():
                 layout.generated_counts(OUT, s),
             )
         ]
+    if GENERATIVE:
+        return generative_metrics() + generative_report_files()
     return all_metrics() + report_files()
 
 
@@ -352,6 +361,130 @@ def report_inputs(wildcards):
 
 def report_origins():
     return {name: config["sources"][name]["origin"] for name in SOURCES}
+
+
+# ---- the generative study -------------------------------------------------------
+
+
+def unit_of(wildcards):
+    """The generative model a job is about, checked against the study's tracks."""
+    unit = generative.Unit(wildcards.track, wildcards.level, int(wildcards.seed))
+    if unit.study == generative.LOOP:
+        if unit.track not in LOOP_REGIMES:
+            raise WorkflowError(
+                f"{unit.name}: generations belong to a loop regime ({', '.join(LOOP_REGIMES)})"
+            )
+        if unit.generation == 0:
+            real = generative.real_unit(unit.seed)
+            raise WorkflowError(
+                f"{unit.name}: generation 0 of every regime is {real.metrics(OUT)}"
+            )
+    elif unit.track in LOOP_REGIMES:
+        raise WorkflowError(f"{unit.name}: a loop regime has generations, not ratios")
+    return unit
+
+
+def generative_manifest(wildcards):
+    unit = unit_of(wildcards)
+    if unit.study == generative.LOOP:
+        return layout.loop_manifest(OUT, unit.track, unit.generation, unit.seed)
+    return layout.manifest(OUT, unit.track, layout.ratio_tag(unit.ratio))
+
+
+def loop_samples(regime, generation, seed):
+    """The samples a loop manifest draws on: earlier generations' (see contam.loop)."""
+    return [
+        generative.loop_unit(regime, g, seed).samples(OUT)
+        for g in generative.loop_sources(regime, generation)
+    ]
+
+
+def generative_manifest_indexes(wildcards):
+    """The indexes behind a unit's manifest rows: a killed fit's fingerprint covers them."""
+    unit = unit_of(wildcards)
+    if unit.study == generative.LOOP:
+        return [real_index(), *loop_samples(unit.track, unit.generation, unit.seed)]
+    ratio = layout.ratio_tag(unit.ratio)
+    pool = contaminant_index(Namespace(source=unit.track, ratio=ratio))
+    return sorted({real_index(), *([pool] if pool else [])})
+
+
+def generative_init(wildcards):
+    previous = generative.previous_unit(config, unit_of(wildcards))
+    return [previous.model(OUT)] if previous else []
+
+
+def generative_unit_settings(wildcards):
+    return generative.unit_settings(config, unit_of(wildcards))
+
+
+def generative_unit_block(wildcards):
+    return generative.unit_description(unit_of(wildcards), report_origins())
+
+
+def generative_score_settings(wildcards):
+    return generative.score_settings(config)
+
+
+def loop_manifest_inputs(wildcards):
+    generation, seed = int(wildcards.generation), int(wildcards.seed)
+    if generation < 1:
+        raise WorkflowError(
+            "generation 0 is trained on real data; it has no loop manifest"
+        )
+    return {
+        "real": real_index(),
+        "samples": loop_samples(wildcards.regime, generation, seed),
+    }
+
+
+def loop_settings(wildcards):
+    return generative.loop_settings(config, wildcards.regime, int(wildcards.generation))
+
+
+def generative_metrics():
+    return [unit.metrics(OUT) for unit in generative.units(config)]
+
+
+def generative_report_files():
+    return [f"{REPORT}/generative.html", f"{REPORT}/generative_summary.csv"]
+
+
+def generative_sample_indexes(wildcards=None):
+    return {unit.name: unit.samples(OUT) for unit in generative.units(config)}
+
+
+def generative_benchmark_files():
+    def bench(rule_name, **values):
+        return layout.job_file(BENCH, rule_name, "tsv", **values)
+
+    files = [bench("index_real"), bench("extract_features", feature_set="reference")]
+    files += [bench("fit_generator", generator=g) for g in EMBEDDED_GENERATORS]
+    for source in GENERATED:
+        files += [
+            bench("generate_shard", generated_source=source, shard=k)
+            for k in range(shard_count(source))
+        ]
+    seed = config["seeds"][0]
+    judge = dict(source=BASELINE, ratio=layout.BASELINE_RATIO, seed=seed)
+    files.append(bench("train", model=ANALYSIS_MODEL, **judge))
+    for unit in generative.units(config):
+        values = dict(track=unit.track, level=unit.level, seed=unit.seed)
+        files += [
+            bench("fit_generative_model", **values),
+            bench("score_generative_model", **values),
+        ]
+    return files
+
+
+def generative_report_inputs(wildcards):
+    return {
+        "metrics": generative_metrics(),
+        "floor": layout.generative_floor(OUT),
+        "samples": list(generative_sample_indexes().values()),
+        "real": real_index(),
+        "benchmarks": generative_benchmark_files(),
+    }
 
 
 # ---- resources: standard names only; site settings live in the profile -----

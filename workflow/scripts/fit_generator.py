@@ -1,7 +1,7 @@
 """Glue for rule fit_generator: see contam.fit_generator."""
 
 from contam import config as contam_config
-from contam import fit_generator, logs
+from contam import fit_generator, identity, layout, logs
 from contam.devices import describe, pick_device
 from contam.io import read_parquet
 
@@ -22,5 +22,9 @@ summary = fit_generator.fit(
     fit_config=generator["fit"],
     seed=generator["seed"],
     device=device,
+    # Resumed after a kill, unless the settings or the real data changed.
+    checkpoint=layout.fit_checkpoint(sm.output[0]),
+    fingerprint=identity.run_fingerprint(settings, sm.input.index, []),
+    checkpoint_every=execution["checkpoint_steps"],
 )
 log.info("generator fitted: %s", summary)

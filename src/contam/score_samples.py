@@ -1,0 +1,142 @@
+"""Stages score_generative_model and score_reference_floor: how good and how diverse samples are.
+
+A unit's samples are compared with half A of the real reference split, which no
+generator and no feature extractor has seen, on the features of the judge (the
+classifier trained on real data only, ``analysis.classifier``):
+
+* FID, KID, precision, recall, density, coverage, overall and per class, with
+  bootstrap intervals (``contam.analysis.compare_to_reference``);
+* tail recall: recall restricted to the reference points of lowest density
+  (``analysis.tail_recall``);
+* class accuracy: the share of samples the judge assigns to the class they were
+  drawn for.
+
+The floor is half B of the reference scored the same way (real-vs-real). Every
+comparison uses the same number of images per class (``comparison_size``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from contam import analysis
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def judge_logits(judge: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+    """Logits from pre-logits features: the judge's head only, so features are computed once."""
+    head = judge.get_classifier()
+    weight = next(head.parameters())
+    return head(torch.as_tensor(features, dtype=weight.dtype, device=weight.device)).float().cpu().numpy()
+
+
+def class_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
+    labels = np.asarray(labels, np.int64)
+    right = logits.argmax(1) == labels
+    per_class = [{"label": int(c), "accuracy": float(right[labels == c].mean()), "n": int((labels == c).sum())} for c in np.unique(labels)]
+    return {"class_accuracy": float(right.mean()) if len(right) else float("nan"), "class_accuracy_per_class": per_class}
+
+
+def compare(reference: dict, other: dict | None, settings: dict) -> dict:
+    return analysis.compare_to_reference(
+        reference,
+        other,
+        max_per_class=settings["max_per_class"],
+        nearest_k=settings["nearest_k"],
+        kid_subsets=settings["kid_subsets"],
+        kid_subset_size=settings["kid_subset_size"],
+        bootstrap=settings["bootstrap"],
+        seed=settings["seed"],
+        tail_fraction=settings["tail_fraction"],
+    )
+
+
+def unit_record(unit: dict, samples: pd.DataFrame, features: np.ndarray, logits: np.ndarray, reference: dict, settings: dict, training_data: dict, counts: dict) -> dict:
+    """The metrics record of one unit (the report's input; format in ``write_record``)."""
+    labels = samples["label"].to_numpy(np.int64)
+    comparison = compare(reference, {"features": features, "labels": labels}, settings)
+    per_class_counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    fit = counts.get("fit", {})
+    return {
+        "unit": unit,
+        "samples": {"n": int(len(samples)), "per_class": int(per_class_counts.min()) if len(per_class_counts) else 0, "dropped": counts.get("dropped", {})},
+        **class_accuracy(logits, labels),
+        "whole": comparison["whole"],
+        "per_class": comparison["per_class"],
+        "reference": comparison["reference"],
+        "bootstrap": comparison["bootstrap"],
+        "training_data": training_data,
+        "fit": {"steps": fit.get("steps"), "final_loss": fit.get("final_loss"), "init": counts.get("init"), "resumed_at": fit.get("resumed_at")},
+        "tail_fraction": settings["tail_fraction"],
+    }
+
+
+def floor_record(reference: dict, logits: np.ndarray, settings: dict) -> dict:
+    """Half B of the reference scored like samples: the floor of every metric."""
+    labels = np.asarray(reference["labels"], np.int64)
+    _, half_b = analysis.reference_halves(labels, settings["seed"])
+    comparison = compare(reference, None, settings)
+    unit = {"study": "floor", "track": "real-vs-real", "level": None, "seed": None, "arm": None, "origin": "real", "ratio": None, "regime": None, "generation": None}
+    return {
+        "unit": unit,
+        "samples": {"n": int(len(half_b)), "per_class": int(np.bincount(labels[half_b]).min()), "dropped": {}},
+        **class_accuracy(logits[half_b], labels[half_b]),
+        "whole": comparison["whole"],
+        "per_class": comparison["per_class"],
+        "reference": comparison["reference"],
+        "bootstrap": comparison["bootstrap"],
+        "training_data": {},
+        "fit": {},
+        "tail_fraction": settings["tail_fraction"],
+    }
+
+
+def write_record(record: dict, path: str | Path) -> None:
+    from contam.io import write_json
+
+    missing = {"unit", "samples", "class_accuracy", "whole", "per_class"} - set(record)
+    if missing:
+        raise ValueError(f"generative metrics record lacks {sorted(missing)}")
+    write_json(record, path)
+
+
+def read_record(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def load_judge(weights, model_config: dict, num_classes: int, execution: dict, gpus: int):
+    from contam.devices import describe, pick_device
+    from contam.evaluate import load_classifier
+
+    device = pick_device(execution["device"], gpus=gpus, allow_cpu_fallback=execution["allow_cpu_fallback"])
+    log.info("device: %s", describe(device))
+    return load_classifier(weights, model_config, num_classes, device), device
+
+
+def score_unit(unit_block: dict, samples: pd.DataFrame, manifest: pd.DataFrame, counts: dict, reference: dict, judge_weights, settings: dict, execution: dict, gpus: int) -> dict:
+    """One score_generative_model job: the judge's features of the samples, then every metric."""
+    from contam.loop import composition
+
+    model = settings["judge_model"]
+    judge, device = load_judge(judge_weights, model, settings["num_classes"], execution, gpus)
+    paths = samples["path"].astype(str).tolist()
+    features = analysis.classifier_features(judge, paths, model["image_size"], settings["crop_ratio"], device, execution["eval_batch_size"], 0)
+    record = unit_record(unit_block, samples, features, judge_logits(judge, features), reference, settings, composition(manifest), counts)
+    log.info("%s: class accuracy %.3f; %s", unit_block["track"], record["class_accuracy"], {k: round(v, 4) for k, v in record["whole"].items() if isinstance(v, float)})
+    return record
+
+
+def score_floor(reference: dict, judge_weights, settings: dict, execution: dict, gpus: int) -> dict:
+    """One score_reference_floor job: half B of the reference, scored like samples."""
+    judge, _ = load_judge(judge_weights, settings["judge_model"], settings["num_classes"], execution, gpus)
+    record = floor_record(reference, judge_logits(judge, reference["features"]), settings)
+    log.info("real-vs-real floor: class accuracy %.3f; %s", record["class_accuracy"], {k: round(v, 4) for k, v in record["whole"].items() if isinstance(v, float)})
+    return record
