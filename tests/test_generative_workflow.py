@@ -83,6 +83,7 @@ def tiny_study(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_tiny_generative_study_runs_end_to_end(tiny_study):
     out = tiny_study / OUT
     units = ["real/ratio-0.0", "generated/ratio-1.0", "replace/gen-1", "accumulate/gen-1"]
@@ -106,6 +107,7 @@ def test_tiny_generative_study_runs_end_to_end(tiny_study):
     assert {"real", "generated", "replace", "accumulate"} <= set(summary["track"])
 
 
+@pytest.mark.slow
 def test_one_unit_reruns_alone(tiny_study):
     config = str(tiny_study / "config.yaml")
     assert "Nothing to be done" in run_snakemake("-n", "--configfile", config, cwd=tiny_study).stdout

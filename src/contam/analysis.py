@@ -376,6 +376,21 @@ def compare_to_reference(
     return {"reference": {"n_per_class": n_per_class, "classes": len(classes)}, "whole": whole, "per_class": per_class, "bootstrap": {"resamples": bootstrap, "method": BOOTSTRAP_METHOD}}
 
 
+def compare_with_settings(reference: dict, other: dict | None, settings: dict) -> dict:
+    """``compare_to_reference`` with its options from a rule's settings (a comparison's or a unit's)."""
+    return compare_to_reference(
+        reference,
+        other,
+        max_per_class=settings["max_per_class"],
+        nearest_k=settings["nearest_k"],
+        kid_subsets=settings["kid_subsets"],
+        kid_subset_size=settings["kid_subset_size"],
+        bootstrap=settings["bootstrap"],
+        seed=settings["seed"],
+        tail_fraction=settings.get("tail_fraction", 0.1),
+    )
+
+
 # ---- file formats: each has its one writer and its one reader here ----------
 
 

@@ -45,24 +45,10 @@ def class_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {"class_accuracy": float(right.mean()) if len(right) else float("nan"), "class_accuracy_per_class": per_class}
 
 
-def compare(reference: dict, other: dict | None, settings: dict) -> dict:
-    return analysis.compare_to_reference(
-        reference,
-        other,
-        max_per_class=settings["max_per_class"],
-        nearest_k=settings["nearest_k"],
-        kid_subsets=settings["kid_subsets"],
-        kid_subset_size=settings["kid_subset_size"],
-        bootstrap=settings["bootstrap"],
-        seed=settings["seed"],
-        tail_fraction=settings["tail_fraction"],
-    )
-
-
 def unit_record(unit: dict, samples: pd.DataFrame, features: np.ndarray, logits: np.ndarray, reference: dict, settings: dict, training_data: dict, counts: dict) -> dict:
     """The metrics record of one unit (the report's input; format in ``write_record``)."""
     labels = samples["label"].to_numpy(np.int64)
-    comparison = compare(reference, {"features": features, "labels": labels}, settings)
+    comparison = analysis.compare_with_settings(reference, {"features": features, "labels": labels}, settings)
     per_class_counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
     fit = counts.get("fit", {})
     return {
@@ -83,7 +69,7 @@ def floor_record(reference: dict, logits: np.ndarray, settings: dict) -> dict:
     """Half B of the reference scored like samples: the floor of every metric."""
     labels = np.asarray(reference["labels"], np.int64)
     _, half_b = analysis.reference_halves(labels, settings["seed"])
-    comparison = compare(reference, None, settings)
+    comparison = analysis.compare_with_settings(reference, None, settings)
     unit = {"study": "floor", "track": "real-vs-real", "level": None, "seed": None, "arm": None, "origin": "real", "ratio": None, "regime": None, "generation": None}
     return {
         "unit": unit,

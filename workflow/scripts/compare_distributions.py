@@ -7,16 +7,7 @@ log = logs.setup(sm.log[0])
 settings = sm.params.settings
 reference = analysis.read_features(sm.input.reference)
 other = analysis.read_features(sm.input.other) if sm.input.other else None
-result = analysis.compare_to_reference(
-    reference,
-    other,
-    max_per_class=settings["max_per_class"],
-    nearest_k=settings["nearest_k"],
-    kid_subsets=settings["kid_subsets"],
-    kid_subset_size=settings["kid_subset_size"],
-    bootstrap=settings["bootstrap"],
-    seed=settings["seed"],
-)
+result = analysis.compare_with_settings(reference, other, settings)
 result.update(source=sm.wildcards.comparison, feature_extractor=settings["feature_extractor"], reference_split=settings["reference_split"])
 log.info("%s against the reference: %s", sm.wildcards.comparison, result["whole"])
 analysis.write_comparison(result, sm.output[0])
