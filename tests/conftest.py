@@ -106,19 +106,52 @@ def snakemake_env() -> dict:
 
 
 def tiny_config(default: dict) -> dict:
-    """The embedded default shrunk to run the whole DAG in about two minutes."""
+    """The embedded default shrunk to run the whole DAG in about two minutes.
+
+    Every job is a new Python process that imports torch (and timm or
+    diffusers), which costs more than the work of any job here, so the DAG is
+    kept to the fewest jobs that still hold every rule and both arms: one seed,
+    one contaminated ratio (3 runs) and one generation shard (the text-to-image
+    test uses two). No assertion looks at what the generator draws, so it fits
+    for a few steps only. The bootstrap intervals and KID use few resamples: an
+    interval is re-centred on its estimate (contam.analysis), so it is well
+    formed at any count.
+    """
     config = yaml.safe_load(yaml.safe_dump(default))
     config["experiment"] = "tiny"
     config["real"]["image_size"] = 8
     config["real"]["split_fractions"] = {"train": 0.1, "control": 0.12, "validation": 0.05, "reference": 0.12, "test": 0.1}
     config["generators"]["digits_ddim"]["image_size"] = 8
-    config["generators"]["digits_ddim"]["fit"].update(steps=30, block_channels=[16, 32])
+    config["generators"]["digits_ddim"]["fit"].update(steps=10, block_channels=[16, 32])
     config["generators"]["digits_ddim"]["sample"]["steps"] = 4
-    config["sources"]["generated"]["shards"] = 2
+    config["sources"]["generated"]["shards"] = 1
     config["sources"]["generated"]["prompts"]["images_per_class"] = 22
-    config["mixing"]["ratios"] = [0.0, 0.5, 1.0]
+    config["mixing"]["ratios"] = [0.0, 0.5]
     config["training"]["epochs"] = 2
     config["models"] = {"resnet10t": {"arch": "resnet10t", "image_size": 16}}
-    config["analysis"].update(classifier="resnet10t", max_per_class=20)
+    config["analysis"].update(classifier="resnet10t", max_per_class=20, bootstrap=10, kid_subsets=10)
     config["seeds"] = [0]
     return config
+
+
+# Built by the tiny study beside its default target: no run uses ratio 1.0 (one
+# contaminated ratio keeps the study small), but its manifests are cheap.
+FULL_REPLACEMENT = [f"results/tiny/manifests/{source}/ratio-1.0.parquet" for source in ("generated", "control")]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> tuple[Path, Path]:
+    """The whole DAG on the tiny config, run once per session: its root and config file.
+
+    test_workflow.py checks it, and works on copies of it where a test changes
+    inputs; test_slurm.py compares the SLURM run of the same study with it.
+    Tests that rebuild part of it in place must leave it complete again.
+    """
+    root = tmp_path_factory.mktemp("study")
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = write_yaml(root / "tiny.yaml", tiny_config(copy.deepcopy(default)))
+    # The caller does not set HF_HUB_OFFLINE: the workflow itself does, for every
+    # job (test_changed_real_data_regenerates_every_image checks a job's log).
+    caller = {k: v for k, v in snakemake_env().items() if not k.startswith("HF_")}
+    run_snakemake("all", *FULL_REPLACEMENT, "--cores", "2", "--configfile", str(config), cwd=root, env=caller)
+    return root, config

@@ -210,18 +210,25 @@ def test_gpu_jobs_without_cuda_fail_unless_fallback_is_allowed(study, cluster):
     assert result.stdout.split() == ["refused", "True", "0", "False", "cpu"], result.stdout + result.stderr
 
 
-def test_outputs_match_a_local_run(study, cluster, tmp_path):
-    """Index, manifests and the metrics of two runs, rebuilt without SLURM: the same."""
+def test_outputs_match_a_local_run(study, request):
+    """Index, manifests and the metrics of two runs, built without SLURM: the same.
+
+    The local build is the session's tiny study (conftest.tiny_study, which
+    test_workflow.py checks): the same config except for what only changes
+    how jobs run (the GPU request, CPU fallback), so the same fingerprints.
+    """
     out = study["root"] / "results" / "tiny"
-    assert len(sorted(out.glob("runs/*/ratio-*/*/seed-*"))) == study["plan"]["train"] == 5
-    local_env = {k: v for k, v in cluster.items() if not k.startswith("SLURM")}
+    assert len(sorted(out.glob("runs/*/ratio-*/*/seed-*"))) == study["plan"]["train"] == 3  # real-only, and each arm at 0.5
+    local_root, local_path = request.getfixturevalue("tiny_study")  # only once SLURM is known to be there
+    how_jobs_run = ("resources", "execution")
+    local_config, cluster_config = ({k: v for k, v in yaml.safe_load(p.read_text()).items() if k not in how_jobs_run} for p in (local_path, study["config"]))
+    assert local_config == cluster_config
     runs = ["results/tiny/runs/real/ratio-0.0/resnet10t/seed-0/metrics.json", "results/tiny/runs/control/ratio-0.5/resnet10t/seed-0/metrics.json"]
     targets = ["results/tiny/real/index.parquet", "results/tiny/manifests/control/ratio-0.5.parquet", "results/tiny/manifests/real/ratio-0.0.parquet"]
-    snakemake(*targets, *runs, "--cores", "2", "--configfile", str(study["config"]), cwd=tmp_path, env=local_env)
     for target in targets:
-        assert file_sha256(tmp_path / target) == file_sha256(study["root"] / target), target
+        assert file_sha256(local_root / target) == file_sha256(study["root"] / target), target
     for target in runs:
-        local, cluster_run = (json.loads((root / target).read_text()) for root in (tmp_path, study["root"]))
+        local, cluster_run = (json.loads((root / target).read_text()) for root in (local_root, study["root"]))
         assert local["fingerprint"] == cluster_run["fingerprint"], target
         assert local["test"] == cluster_run["test"] and local["validation"] == cluster_run["validation"], target
         assert local["test"]["top1"] > 0.2, target  # better than chance (0.1) by a margin

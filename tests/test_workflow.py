@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, job_counts, run_snakemake, snakemake_env, tiny_config, write_yaml
+from conftest import REPO, job_counts, run_snakemake, write_yaml
 from contam.analysis import read_comparison
 from contam.evaluate import read_metrics
 from contam.io import file_sha256, read_parquet
@@ -69,43 +69,35 @@ def test_missing_data_path_fails_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_changed_real_data_regenerates_every_image(tmp_path, default_config):
-    """The embedded generator is refitted when the real data change; its images must be too."""
-    config = tiny_config(default_config)
-    config.update(task="generation", experiment="gen")
-    config["sources"] = {"generated": config["sources"]["generated"]}
-    path = write_yaml(tmp_path / "gen.yaml", config)
-    counts_file, index_file = tmp_path / "results/gen/generated/generated.json", tmp_path / "results/gen/generated/generated.parquet"
-    # The caller does not set HF_HUB_OFFLINE: the workflow itself does, for every job.
-    caller = {k: v for k, v in snakemake_env().items() if not k.startswith("HF_")}
-    snakemake("--cores", "2", "--configfile", str(path), cwd=tmp_path, env=caller)
-    assert "HF_HUB_OFFLINE=1" in (tmp_path / "logs/gen/fit_generator/digits_ddim.log").read_text()
+def test_changed_real_data_regenerates_every_image(tiny_study, tmp_path):
+    """The embedded generator is refitted when the real data change; its images must be too.
+
+    It works on a copy of the tiny study (outputs, logs and Snakemake's records),
+    whose run already fitted the generator and made its images: making them a
+    second time here would only repeat that run.
+    """
+    study, study_config = tiny_study
+    shutil.copytree(study, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("again", "backup-run"))
+    path = tmp_path / study_config.name
+    config = yaml.safe_load(path.read_text())
+    counts_file, index_file = tmp_path / "results/tiny/generated/generated.json", tmp_path / "results/tiny/generated/generated.parquet"
+    targets = [str(f.relative_to(tmp_path)) for f in (index_file, counts_file)]
+    # The study's caller did not set HF_HUB_OFFLINE: the workflow itself does, for every job.
+    assert "HF_HUB_OFFLINE=1" in (tmp_path / "logs/tiny/fit_generator/digits_ddim.log").read_text()
     first = read_parquet(index_file)
     assert json.loads(counts_file.read_text())["generated"] == len(first) == 220
 
     # A speed-only knob, even with the shards forced to run again, remakes nothing.
-    snakemake("--cores", "2", "--configfile", str(path), "--forcerun", "generate_shard", "--config", "execution={generate_batch_size: 7}", cwd=tmp_path)
+    snakemake(*targets, "--cores", "2", "--configfile", str(path), "--forcerun", "generate_shard", "--config", "execution={generate_batch_size: 7}", cwd=tmp_path)
     counts = json.loads(counts_file.read_text())
     assert counts["resumed"] == 220 and counts["generated"] == 0
 
     config["real"]["split_fractions"]["train"] = 0.12
     write_yaml(path, config)
-    snakemake("--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    snakemake(*targets, "--cores", "2", "--configfile", str(path), cwd=tmp_path)
     counts = json.loads(counts_file.read_text())
     assert counts["resumed"] == 0 and counts["generated"] == 220
     assert set(read_parquet(index_file)["settings_id"]).isdisjoint(first["settings_id"])
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    """The whole DAG on a tiny digits config, run once for the tests below."""
-    import copy
-
-    root = tmp_path_factory.mktemp("study")
-    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config = write_yaml(root / "tiny.yaml", tiny_config(copy.deepcopy(default)))
-    snakemake("--cores", "2", "--configfile", str(config), cwd=root)
-    return root, config
 
 
 @pytest.mark.slow
@@ -128,7 +120,7 @@ def test_whole_study_on_a_tiny_config(tiny_study):
 
     # Every run evaluated on the real test split; the report holds every run.
     runs = sorted(out.glob("runs/*/ratio-*/*/seed-*/metrics.json"))
-    assert len(runs) == 1 + 2 * 2
+    assert len(runs) == 1 + 2 * 1  # the shared real-only run, and each arm at its one ratio
     metrics = read_metrics(out / "runs/real/ratio-0.0/resnet10t/seed-0/metrics.json")
     assert metrics["test"]["n"] == (real["split"] == "test").sum()
     assert metrics["validation"]["n"] == (real["split"] == "validation").sum()
