@@ -91,7 +91,7 @@ def test_tiny_generative_study_runs_end_to_end(tiny_study):
         record = json.loads((out / "generative" / unit / "seed-0" / "metrics.json").read_text())
         whole = record["whole"]
         assert whole["fid"] >= 0 and 0 <= whole["recall"] <= 1 and 0 <= whole["tail_recall"] <= 1
-        assert 0 <= record["class_accuracy"] <= 1 and record["samples"]["n"] == 200
+        assert 0 <= record["class_accuracy"] <= 1 and record["samples"]["n"] == 200 and record["samples"]["dropped"] == 0
         assert record["unit"]["track"] == unit.split("/")[0]
     replace = json.loads((out / "generative/replace/gen-1/seed-0/metrics.json").read_text())
     assert replace["training_data"]["by_origin"] == {"generated": replace["training_data"]["images"]}

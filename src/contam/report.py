@@ -690,7 +690,7 @@ STYLE = (
 )
 
 
-def write_html(out_dir: Path, title: str, sections: list[Section]) -> None:
+def write_html(out_dir: Path, title: str, sections: list[Section], filename: str = "index.html") -> Path:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
@@ -700,7 +700,8 @@ def write_html(out_dir: Path, title: str, sections: list[Section]) -> None:
         anchor = "".join(c if c.isalnum() else "-" for c in heading.lower())
         parts.append(f"<section id='{anchor}'><h2>{html.escape(heading)}</h2>{body}</section>")
     parts.append("</body></html>")
-    write_text("\n".join(parts), out_dir / "index.html")
+    write_text("\n".join(parts), out_dir / filename)
+    return out_dir / filename
 
 
 def build_report(

@@ -22,7 +22,6 @@ import html
 import json
 import math
 import os
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -134,6 +133,8 @@ def unit_table(units: dict[str, dict]) -> pd.DataFrame:
             "n_reference": _number(whole.get("n_reference")),
             "n_other": _number(whole.get("n_other")),
             "training_images": _number(training.get("images")),
+            "samples": _number(data.get("samples", {}).get("n")),
+            "samples_dropped": _number(data.get("samples", {}).get("dropped")),
             "by_origin": training.get("by_origin", {}),
             "by_generation": training.get("by_generation", {}),
             "fit_steps": _number(data.get("fit", {}).get("steps")),
@@ -143,7 +144,7 @@ def unit_table(units: dict[str, dict]) -> pd.DataFrame:
         })
         row.update({key: metric_value(data, key) for key in METRICS})
         rows.append(row)
-    columns = [*UNIT_KEYS, "n_reference", "n_other", "training_images", "by_origin", "by_generation", "fit_steps", "final_loss", "init", "file", *METRICS]
+    columns = [*UNIT_KEYS, "n_reference", "n_other", "training_images", "samples", "samples_dropped", "by_origin", "by_generation", "fit_steps", "final_loss", "init", "file", *METRICS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -676,20 +677,11 @@ def units_section(page: Page) -> Section | None:
         "training images": [_count(v) for v in frame["training_images"]],
         "by origin": [", ".join(f"{k}: {v}" for k, v in sorted(d.items())) for d in frame["by_origin"]],
         "by generation": [", ".join(f"{k}: {v}" for k, v in sorted(d.items(), key=lambda kv: (len(str(kv[0])), str(kv[0])))) for d in frame["by_generation"]],
+        "samples kept": [_count(v) for v in frame["samples"]], "samples dropped (flat or wrong size)": [_count(v) for v in frame["samples_dropped"]],
         "fit steps": [_count(v) for v in frame["fit_steps"]], "final loss": [report._cell(v) for v in frame["final_loss"]], "init": frame["init"].astype(str),
         "metrics": [f"<a href='{page.rel(p)}'>metrics.json</a>" for p in frame["file"]],
     })
     return "Units", "<details><summary>Every trained generative model and what it trained on</summary>" + html_table(shown, raw=("metrics",)) + "</details>"
-
-
-def _write_page(out_dir: Path, title: str, sections: list[Section]) -> Path:
-    """contam.report's page writer (same look), written as generative.html beside its index.html."""
-    target = out_dir / PAGE
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".generative-") as tmp:
-        report.write_html(Path(tmp), title, sections)  # writes <tmp>/index.html; the page holds only relative links to out_dir
-        os.replace(Path(tmp) / "index.html", target)
-    return target
 
 
 def build_generative_report(
@@ -742,5 +734,5 @@ def build_generative_report(
         report.compute_section(benchmark_files, benchmark_root),
         report.settings_section(versions, config_for_display),
     ]
-    page.written["html"] = _write_page(out_dir, f"Contam generative report: {experiment}", [s for s in sections if s is not None])
+    page.written["html"] = report.write_html(out_dir, f"Contam generative report: {experiment}", [s for s in sections if s is not None], filename=PAGE)
     return page.written

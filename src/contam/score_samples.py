@@ -45,44 +45,40 @@ def class_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {"class_accuracy": float(right.mean()) if len(right) else float("nan"), "class_accuracy_per_class": per_class}
 
 
-def unit_record(unit: dict, samples: pd.DataFrame, features: np.ndarray, logits: np.ndarray, reference: dict, settings: dict, training_data: dict, counts: dict) -> dict:
-    """The metrics record of one unit (the report's input; format in ``write_record``)."""
-    labels = samples["label"].to_numpy(np.int64)
-    comparison = analysis.compare_with_settings(reference, {"features": features, "labels": labels}, settings)
-    per_class_counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
-    fit = counts.get("fit", {})
+def record(unit: dict, labels: np.ndarray, logits: np.ndarray, other: dict | None, reference: dict, settings: dict, extra: dict) -> dict:
+    """A metrics record (the report's input): ``labels``/``logits`` of the scored images, ``other`` their features (None: half B)."""
+    comparison = analysis.compare_with_settings(reference, other, settings)
+    counts = np.bincount(labels) if len(labels) else np.zeros(1, int)
     return {
         "unit": unit,
-        "samples": {"n": int(len(samples)), "per_class": int(per_class_counts.min()) if len(per_class_counts) else 0, "dropped": counts.get("dropped", {})},
+        **extra,
+        "samples": {"n": int(len(labels)), "per_class": int(counts.min()), **extra.get("samples", {})},
         **class_accuracy(logits, labels),
-        "whole": comparison["whole"],
-        "per_class": comparison["per_class"],
-        "reference": comparison["reference"],
-        "bootstrap": comparison["bootstrap"],
-        "training_data": training_data,
-        "fit": {"steps": fit.get("steps"), "final_loss": fit.get("final_loss"), "init": counts.get("init"), "resumed_at": fit.get("resumed_at")},
+        **{key: comparison[key] for key in ("whole", "per_class", "reference", "bootstrap")},
         "tail_fraction": settings["tail_fraction"],
     }
+
+
+def unit_record(unit: dict, samples: pd.DataFrame, features: np.ndarray, logits: np.ndarray, reference: dict, settings: dict, training_data: dict, counts: dict) -> dict:
+    """The metrics record of one unit's samples."""
+    labels = samples["label"].to_numpy(np.int64)
+    fit = counts.get("fit", {})
+    extra = {
+        # Images not kept (flat or wrong-sized): a collapsed model's blanks are counted, not hidden.
+        "samples": {"dropped": int(counts.get("dropped_invalid", 0)) + int(counts.get("dropped_unsafe", 0))},
+        "training_data": training_data,
+        "fit": {"steps": fit.get("steps"), "final_loss": fit.get("final_loss"), "init": counts.get("init"), "resumed_at": fit.get("resumed_at")},
+    }
+    return record(unit, labels, logits, {"features": features, "labels": labels}, reference, settings, extra)
 
 
 def floor_record(reference: dict, logits: np.ndarray, settings: dict) -> dict:
     """Half B of the reference scored like samples: the floor of every metric."""
     labels = np.asarray(reference["labels"], np.int64)
     _, half_b = analysis.reference_halves(labels, settings["seed"])
-    comparison = analysis.compare_with_settings(reference, None, settings)
     unit = {"study": "floor", "track": "real-vs-real", "level": None, "seed": None, "arm": None, "origin": "real", "ratio": None, "regime": None, "generation": None}
-    return {
-        "unit": unit,
-        "samples": {"n": int(len(half_b)), "per_class": int(np.bincount(labels[half_b]).min()), "dropped": {}},
-        **class_accuracy(logits[half_b], labels[half_b]),
-        "whole": comparison["whole"],
-        "per_class": comparison["per_class"],
-        "reference": comparison["reference"],
-        "bootstrap": comparison["bootstrap"],
-        "training_data": {},
-        "fit": {},
-        "tail_fraction": settings["tail_fraction"],
-    }
+    extra = {"samples": {"dropped": 0}, "training_data": {}, "fit": {}}
+    return record(unit, labels[half_b], logits[half_b], None, reference, settings, extra)
 
 
 def write_record(record: dict, path: str | Path) -> None:

@@ -319,21 +319,29 @@ def reported_runs():
     return [run for run in contam_config.runs(config) if run.metrics(OUT) in reported]
 
 
-def benchmark_files():
-    """The benchmark files of the jobs the report covers (its compute table)."""
+def bench(rule_name, **values):
+    """A job's benchmark file, with its wildcards filled in."""
+    return layout.job_file(BENCH, rule_name, "tsv", **values)
 
-    def bench(rule_name, **values):
-        return layout.job_file(BENCH, rule_name, "tsv", **values)
 
-    files = [bench("index_real")]
-    files += [bench("index_control", control_source=s) for s in FOLDER_CONTROLS]
-    files += [bench("index_ood", ood_set=name) for name in OOD_SETS]
-    files += [bench("fit_generator", generator=g) for g in EMBEDDED_GENERATORS]
+def image_benchmark_files():
+    """The jobs that make the generated images: the embedded fits and every shard."""
+    files = [bench("fit_generator", generator=g) for g in EMBEDDED_GENERATORS]
     for source in GENERATED:
         files += [
             bench("generate_shard", generated_source=source, shard=k)
             for k in range(shard_count(source))
         ]
+    return files
+
+
+def benchmark_files():
+    """The benchmark files of the jobs the report covers (its compute table)."""
+
+    files = [bench("index_real")]
+    files += [bench("index_control", control_source=s) for s in FOLDER_CONTROLS]
+    files += [bench("index_ood", ood_set=name) for name in OOD_SETS]
+    files += image_benchmark_files()
     for run in reported_runs():
         values = dict(
             source=run.source, ratio=run.ratio, model=run.model, seed=run.seed
@@ -455,16 +463,8 @@ def generative_sample_indexes(wildcards=None):
 
 
 def generative_benchmark_files():
-    def bench(rule_name, **values):
-        return layout.job_file(BENCH, rule_name, "tsv", **values)
-
     files = [bench("index_real"), bench("extract_features", feature_set="reference")]
-    files += [bench("fit_generator", generator=g) for g in EMBEDDED_GENERATORS]
-    for source in GENERATED:
-        files += [
-            bench("generate_shard", generated_source=source, shard=k)
-            for k in range(shard_count(source))
-        ]
+    files += image_benchmark_files()
     seed = config["seeds"][0]
     judge = dict(source=BASELINE, ratio=layout.BASELINE_RATIO, seed=seed)
     files.append(bench("train", model=ANALYSIS_MODEL, **judge))
