@@ -19,7 +19,6 @@ look; it is written beside the classification report as ``generative.html``.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import textwrap
@@ -32,6 +31,7 @@ from contam import report
 from contam.images import load_rgb
 from contam.io import atomic_path, read_parquet, write_text
 from contam.layout import BASELINE_SOURCE, FLOOR, ratio_tag
+from contam.score_samples import read_record
 from contam.report import Section, html_table, paired_t, ratio_label, with_interval
 
 PAGE = "generative.html"
@@ -79,7 +79,7 @@ def metric_value(data: dict, key: str) -> float:
 
 def read_units(metric_files: list[str | Path]) -> dict[str, dict]:
     """Every unit's metrics file, read once, by path."""
-    return {str(path): json.loads(Path(path).read_text()) for path in metric_files}
+    return {str(path): read_record(path) for path in metric_files}
 
 
 def _unit_name(path: str, unit: dict) -> str:
@@ -157,7 +157,7 @@ def read_floor(floor_file: str | Path | None) -> dict:
     """The real-vs-real floor: per metric its value and bootstrap interval (NaN where absent)."""
     if floor_file is None:
         return {}
-    data = json.loads(Path(floor_file).read_text())
+    data = read_record(floor_file)
     study = data.get("unit", {}).get("study")
     if study != "floor":
         raise ValueError(f"{floor_file} is not the floor file: its unit's study is {study!r}, not 'floor'")
@@ -466,8 +466,8 @@ def headline_section(page: Page) -> Section:
     return "Headline: diversity of the generative models", body
 
 
-def about_section(page: Page, floor_data: dict | None) -> Section:
-    first = floor_data or (json.loads(Path(page.units["file"].iloc[0]).read_text()) if len(page.units) else {})
+def about_section(page: Page, floor_data: dict | None, any_unit: dict) -> Section:
+    first = floor_data or any_unit
     reference = first.get("reference", {})
     tail = first.get("tail_fraction")
     tail_text = f"the bottom {100 * float(tail):g} %" if isinstance(tail, (int, float)) else "a bottom share"
@@ -722,7 +722,7 @@ def build_generative_report(
 
     sections = [
         headline_section(page),
-        about_section(page, floor.get("data")),
+        about_section(page, floor.get("data"), next(iter(units.values()), {})),
         curve_section(page, "contamination"),
         curve_section(page, "loop"),
         numbers_section(page, summary, TABLE_METRICS, "Numbers (mean [95 % t-interval over seeds]; floor first)") if len(summary) else None,
