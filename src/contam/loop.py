@@ -27,8 +27,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from contam.mix import MANIFEST_COLUMNS, REAL_ORIGIN, _as_manifest, _sorted_by_path, mix, rank_within_class
 from contam.layout import BASELINE_SOURCE
+from contam.mix import (
+    MANIFEST_COLUMNS,
+    REAL_ORIGIN,
+    as_manifest,
+    mix,
+    rank_within_class,
+    sorted_by_path,
+)
 from contam.seeds import rng
 
 REGIMES = ("replace", "augment", "accumulate", "fresh")
@@ -38,7 +45,7 @@ GENERATED_ORIGIN = "generated"
 
 def fresh_real_draw(pool: pd.DataFrame, class_sizes: np.ndarray, generation: int, seed: int) -> pd.DataFrame:
     """``class_sizes[c]`` real rows of each class c, drawn anew for each generation."""
-    pool = _sorted_by_path(pool)
+    pool = sorted_by_path(pool)
     labels = pool["label"].to_numpy(np.int64)
     ranks = rank_within_class(labels, rng(seed, "fresh-real", generation).random(len(pool)))
     available = np.bincount(labels, minlength=len(class_sizes))[: len(class_sizes)]
@@ -83,8 +90,8 @@ def loop_manifest(
         draw = fresh_real_draw(real[real["split"].isin(list(fresh_splits))], sizes, generation, seed)
         frame = mix(draw, previous, lam, seed, source=regime, origin=GENERATED_ORIGIN)
     else:
-        parts = [_as_manifest(_sorted_by_path(train), origin=REAL_ORIGIN, source=BASELINE_SOURCE)]
-        parts += [_as_manifest(_sorted_by_path(samples[k]), origin=GENERATED_ORIGIN, source=regime) for k in range(generation)]
+        parts = [as_manifest(sorted_by_path(train), origin=REAL_ORIGIN, source=BASELINE_SOURCE)]
+        parts += [as_manifest(sorted_by_path(samples[k]), origin=GENERATED_ORIGIN, source=regime) for k in range(generation)]
         frame = pd.concat(parts, ignore_index=True)[MANIFEST_COLUMNS]
     return with_generations(frame, samples)
 
@@ -103,7 +110,7 @@ def with_generations(frame: pd.DataFrame, samples: dict[int, pd.DataFrame]) -> p
 def composition(manifest: pd.DataFrame) -> dict:
     """What a generative model was trained on: image counts by origin and by generation."""
     by_origin = manifest["origin"].astype(str).value_counts().sort_index()
-    result = {"images": int(len(manifest)), "by_origin": {k: int(v) for k, v in by_origin.items()}}
+    result = {"images": len(manifest), "by_origin": {k: int(v) for k, v in by_origin.items()}}
     if "generation" in manifest:
         made = manifest["generation"].dropna().astype(int).value_counts().sort_index()
         result["by_generation"] = {str(k): int(v) for k, v in made.items()}

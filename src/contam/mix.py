@@ -54,7 +54,7 @@ def rank_within_class(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _as_manifest(frame: pd.DataFrame, origin: str, source: str) -> pd.DataFrame:
+def as_manifest(frame: pd.DataFrame, origin: str, source: str) -> pd.DataFrame:
     """``frame``'s rows with the manifest's columns and types (no Python objects per row)."""
     n = len(frame)
 
@@ -83,7 +83,7 @@ def _as_manifest(frame: pd.DataFrame, origin: str, source: str) -> pd.DataFrame:
     )
 
 
-def _sorted_by_path(frame: pd.DataFrame) -> pd.DataFrame:
+def sorted_by_path(frame: pd.DataFrame) -> pd.DataFrame:
     # Indexes are written sorted by path; checking is cheaper than re-sorting.
     if frame["path"].is_monotonic_increasing:
         return frame.reset_index(drop=True)
@@ -103,7 +103,7 @@ def mix(
     Rows keep the order of the real images sorted by path; each replaced real
     image's row holds its replacement.
     """
-    real = _sorted_by_path(real_train)
+    real = sorted_by_path(real_train)
     labels = real["label"].to_numpy(np.int64)
     num_labels = int(labels.max()) + 1 if len(labels) else 0
     real_rank = rank_within_class(labels, rng(seed, "mix", "real").random(len(real)))
@@ -111,11 +111,11 @@ def mix(
     k = replaced_per_class(sizes, ratio)
     replace = real_rank < k[labels]
     if not replace.any():
-        return _as_manifest(real, origin=REAL_ORIGIN, source=BASELINE_SOURCE)[MANIFEST_COLUMNS]
+        return as_manifest(real, origin=REAL_ORIGIN, source=BASELINE_SOURCE)[MANIFEST_COLUMNS]
     if contaminant is None or contaminant.empty:
         raise NotEnoughImages(f"source {source!r} has no images, but ratio {ratio} replaces {int(replace.sum())}")
 
-    pool = _sorted_by_path(contaminant)
+    pool = sorted_by_path(contaminant)
     pool_labels = pool["label"].to_numpy(np.int64)
     available = np.bincount(pool_labels, minlength=num_labels)[:num_labels]
     short = np.flatnonzero(available < k)
@@ -138,8 +138,8 @@ def mix(
     kept = np.flatnonzero(~replace)
     incoming = pool.iloc[chosen].reset_index(drop=True).assign(replaces=real["path"].to_numpy()[replaced])
     parts = [
-        _as_manifest(real.iloc[kept], origin=REAL_ORIGIN, source=BASELINE_SOURCE),
-        _as_manifest(incoming, origin=origin, source=source),
+        as_manifest(real.iloc[kept], origin=REAL_ORIGIN, source=BASELINE_SOURCE),
+        as_manifest(incoming, origin=origin, source=source),
     ]
     out = pd.concat(parts, ignore_index=True)
     position = np.concatenate([kept, replaced])

@@ -31,8 +31,8 @@ from contam import report
 from contam.images import load_rgb
 from contam.io import atomic_path, read_parquet, write_text
 from contam.layout import BASELINE_SOURCE, FLOOR, ratio_tag
-from contam.score_samples import read_record
 from contam.report import Section, html_table, paired_t, ratio_label, with_interval
+from contam.score_samples import read_record
 
 PAGE = "generative.html"
 SUMMARY = "generative_summary.csv"

@@ -52,7 +52,7 @@ def record(unit: dict, labels: np.ndarray, logits: np.ndarray, other: dict | Non
     return {
         "unit": unit,
         **extra,
-        "samples": {"n": int(len(labels)), "per_class": int(counts.min()), **extra.get("samples", {})},
+        "samples": {"n": len(labels), "per_class": int(counts.min()), **extra.get("samples", {})},
         **class_accuracy(logits, labels),
         **{key: comparison[key] for key in ("whole", "per_class", "reference", "bootstrap")},
         "tail_fraction": settings["tail_fraction"],
