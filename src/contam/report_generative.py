@@ -661,10 +661,12 @@ def classes_section(page: Page, units: dict[str, dict], real_index: pd.DataFrame
                 "recall drop": [f"{v:+.3f}" for v in table["recall_drop"]],
                 "class accuracy at 0": [f"{v:.3f}" for v in table["accuracy_start"]], "class accuracy at end": [f"{v:.3f}" for v in table["accuracy_end"]],
             }).replace("nan", "n/a").replace("+nan", "n/a")
-            parts.append(f"<h3>{html.escape(line)}: {html.escape(_level_text(study, own[x].max()))}</h3>" + html_table(shown))
+            per_class = units[last["file"].iloc[0]].get("reference", {}).get("n_per_class", "?")
+            sizes = f" (n={last['seed'].nunique()} seeds, {per_class} images per class on each side)"
+            parts.append(f"<h3>{html.escape(line)}: {html.escape(_level_text(study, own[x].max()) + sizes)}</h3>" + html_table(shown))
     if not parts:
         return None
-    note = f"<p class='note'>Per class, mean over the same seeds: at the real-only model (0) and at each arm's largest ratio or each regime's last generation (end); the {TOP_CLASSES} largest recall drops. No intervals.</p>"
+    note = f"<p class='note'>Per class, mean over the same seeds: at the real-only model (0) and at each arm's largest ratio or each regime's last generation (end); the {TOP_CLASSES} largest recall drops. These are for finding classes to look at: they carry no interval (the tables above give the whole-set intervals).</p>"
     return "Classes whose diversity dropped most", "".join(parts) + note
 
 
