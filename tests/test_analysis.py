@@ -180,6 +180,18 @@ def test_kid_is_seeded_and_no_bootstrap_gives_no_intervals():
     assert record["whole"]["fid_ci95"] is None and record["bootstrap"]["resamples"] == 0
 
 
+def test_kid_of_whole_sets_needs_one_subset():
+    from cleanfid.fid import kernel_distance as clean_fid_kid
+
+    generator = np.random.default_rng(3)
+    a, b = generator.normal(0, 1, (40, 16)), generator.normal(0.3, 1, (40, 16))
+    np.random.seed(0)
+    many = clean_fid_kid(a, b, num_subsets=100, max_subset_size=1000)
+    assert analysis.kernel_distance(a, b, 100, 1000, seed=5) == pytest.approx(many, rel=1e-12)
+    # Subsets smaller than the sets still draw many.
+    assert analysis.kernel_distance(a, b, 100, 20, seed=5) != analysis.kernel_distance(a, b, 100, 20, seed=6)
+
+
 def test_sample_per_class_caps_and_is_deterministic():
     index = pd.DataFrame({"path": [f"{i:03d}" for i in range(50)], "label": [i % 2 for i in range(50)]})
     a = analysis.sample_per_class(index, 10, seed=0)

@@ -53,6 +53,32 @@ def test_a_killed_generator_fit_resumes_to_the_same_weights(digit_index, tmp_pat
     assert log["step"].tolist() == pd.read_csv(tmp_path / "straight" / "fit_log.csv")["step"].tolist()
 
 
+def test_a_kept_final_checkpoint_saves_the_model_again_without_refitting(digit_index, tmp_path, caplog):
+    kwargs = dict(num_classes=10, image_size=8, fit_config=FIT, seed=3, device=torch.device("cpu"), checkpoint=tmp_path / "c.pt", fingerprint="a", keep_final=True)
+    fit_generator.fit(digit_index, out_dir=tmp_path / "first", **kwargs)
+    assert (tmp_path / "c.pt").exists()
+    with caplog.at_level("INFO"):
+        summary = fit_generator.fit(digit_index, out_dir=tmp_path / "again", **kwargs)
+    assert summary["resumed_at"] == FIT["steps"] and "resuming from checkpoint at step 6 of 6" in caplog.text
+    first, again = fitted_weights(tmp_path / "first"), fitted_weights(tmp_path / "again")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert pd.read_csv(tmp_path / "again" / "fit_log.csv").equals(pd.read_csv(tmp_path / "first" / "fit_log.csv"))
+
+
+def test_a_grey_model_samples_rgb_images_with_equal_channels(digit_index, tmp_path):
+    from contam.generate import EmbeddedSampler
+
+    grey = {**FIT, "channels": 1, "attention": False}
+    fit_generator.fit(digit_index, num_classes=10, out_dir=tmp_path / "grey", image_size=8, fit_config=grey, seed=3, device=torch.device("cpu"))
+    assert fit_generator.load_images(digit_index.head(2), 8, channels=1).shape == (2, 1, 8, 8)
+    sampler = EmbeddedSampler(tmp_path / "grey", {"steps": 2, "guidance": 1.0, "eta": 0.0}, torch.device("cpu"))
+    assert sampler.unet.config.in_channels == 1
+    images, _ = sampler(pd.DataFrame({"label": [0, 1, 2], "seed": [5, 6, 7]}))
+    # Stored like the real digits: RGB, every channel the same.
+    assert images.shape == (3, 8, 8, 3) and images.dtype == np.uint8
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 1] == images[..., 2]).all()
+
+
 def test_a_checkpoint_of_other_settings_is_not_resumed(digit_index, tmp_path, caplog):
     kwargs = dict(num_classes=10, image_size=8, fit_config=FIT, seed=3, device=torch.device("cpu"), checkpoint=tmp_path / "c.pt", checkpoint_every=2)
     with pytest.raises(fit_generator.Stopped):

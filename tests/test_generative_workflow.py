@@ -21,9 +21,9 @@ def generation_config() -> dict:
 
 
 def fitted_levels(dry_run: str) -> dict[str, set[str]]:
-    """{track: levels} of the fit_generative_model jobs a dry run lists."""
+    """{track: levels} of the unit jobs a dry run lists."""
     levels: dict[str, set[str]] = {}
-    for block in dry_run.split("rule fit_generative_model:")[1:]:
+    for block in dry_run.split("rule fit_and_score_generative_model:")[1:]:
         match = re.search(r"wildcards: track=(\w+), level=([\w.-]+), seed=(\d+)", block)
         levels.setdefault(match.group(1), set()).add(match.group(2))
     return levels
@@ -38,20 +38,19 @@ def test_generation_g_depends_only_on_earlier_generations(tmp_path, regime, expe
     # Generation 2 needs generations 0 (the real-only model) and 1 of its own regime, and nothing later.
     assert levels == {regime: expected, "real": {"ratio-0.0"}}
     counts = job_counts(result.stdout)
-    assert counts["build_loop_manifest"] == 2 and counts["fit_generative_model"] == 3
+    assert counts["build_loop_manifest"] == 2 and counts["fit_and_score_generative_model"] == 3
 
 
 def test_cluster_preset_plans_gpu_jobs_without_data(tmp_path):
     preset = str(REPO / "config" / "cifar10-generation.yaml")
     counts = job_counts(run_snakemake("-n", "--quiet", "rules", "--configfile", preset, cwd=tmp_path).stdout)
     units = 2 * (1 + 2 * 4 + 3 * 3)  # seeds x (real + arms x ratios + regimes x generations 1..3)
-    assert counts["fit_generative_model"] == counts["score_generative_model"] == units
+    assert counts["fit_and_score_generative_model"] == units
     assert counts["train"] == 1  # the judge only
     target = "results/cifar10-generation/generative/replace/gen-1/seed-0/metrics.json"
     plan = run_snakemake(target, "-n", "--profile", str(REPO / "slurm"), "--configfile", preset, cwd=tmp_path).stdout
     blocks = {block.split(":", 1)[0]: block for block in plan.split("\nrule ")[1:]}
-    for rule_name in ("fit_generative_model", "score_generative_model"):
-        assert re.search(r"resources: .*\bgpu=1\b", blocks[rule_name]), blocks[rule_name]
+    assert re.search(r"resources: .*\bgpu=1\b", blocks["fit_and_score_generative_model"]), blocks["fit_and_score_generative_model"]
     assert "recipe" in yaml.safe_load(Path(preset).read_text())["generative"]["model"]
     assert not (tmp_path / "results").exists()
 
@@ -111,10 +110,17 @@ def test_tiny_generative_study_runs_end_to_end(tiny_study):
 def test_one_unit_reruns_alone(tiny_study):
     config = str(tiny_study / "config.yaml")
     assert "Nothing to be done" in run_snakemake("-n", "--configfile", config, cwd=tiny_study).stdout
-    (tiny_study / OUT / "generative/replace/gen-1/seed-0/metrics.json").unlink()
+    unit = tiny_study / OUT / "generative/replace/gen-1/seed-0"
+    record = json.loads((unit / "metrics.json").read_text())
+    (unit / "metrics.json").unlink()
     counts = job_counts(run_snakemake("-n", "--configfile", config, cwd=tiny_study).stdout)
-    assert counts == {"score_generative_model": 1, "report_generative": 1, "all": 1, "total": 3}
+    assert counts == {"fit_and_score_generative_model": 1, "report_generative": 1, "all": 1, "total": 3}
+    # The rerun rescores the kept fit: the same model and samples, the same numbers.
+    run_snakemake("--cores", "2", "--configfile", config, cwd=tiny_study)
+    assert "resuming from checkpoint at step 4 of 4" in (tiny_study / "logs/gen-tiny/fit_and_score_generative_model/replace/gen-1/seed-0.log").read_text()
+    again = json.loads((unit / "metrics.json").read_text())
+    assert again["whole"] == record["whole"] and again["class_accuracy"] == record["class_accuracy"]
     target = f"{OUT}/generative/accumulate/gen-1/seed-0/metrics.json"
-    counts = job_counts(run_snakemake(target, "-n", "--forcerun", "fit_generative_model", "--configfile", config, cwd=tiny_study).stdout)
+    counts = job_counts(run_snakemake(target, "-n", "--forcerun", "fit_and_score_generative_model", "--configfile", config, cwd=tiny_study).stdout)
     # Refitting generation 0 would remake its samples, so generation 1's manifest and model follow.
-    assert counts["fit_generative_model"] == 2 and counts["build_loop_manifest"] == 1
+    assert counts["fit_and_score_generative_model"] == 2 and counts["build_loop_manifest"] == 1

@@ -142,7 +142,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("generative")
     files, floor_file, samples = make_study(root, drop_kid_for=("generated", "ratio-0.5", 1))
     bench = root / "benchmarks"
-    tsv = bench / "fit_generative_model" / "generated" / "ratio-0.5" / "seed-0.tsv"
+    tsv = bench / "fit_and_score_generative_model" / "generated" / "ratio-0.5" / "seed-0.tsv"
     tsv.parent.mkdir(parents=True)
     tsv.write_text("s\th:m:s\tmax_rss\tcpu_time\n12.5\t0:00:12\t300.0\t11.0\n")
     written = build(root, files, floor_file, samples, benchmark_files=[tsv], benchmark_root=bench)
@@ -196,7 +196,7 @@ def test_page_sections_floor_and_headline(study):
         assert html_escape(title) in page, title
     assert "0.777 [0.750, 0.800]" in page  # the floor's recall with its interval
     assert "1.23 [1.00, 1.50]" in page  # the floor's FID
-    assert "fit_generative_model" in page and "bottom 20 %" in page
+    assert "fit_and_score_generative_model" in page and "bottom 20 %" in page
     assert "figures/generative_ratio.png" in page and "figures/generative_samples_accumulate.png" in page
 
     items = headline_items(page)

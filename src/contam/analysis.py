@@ -269,10 +269,15 @@ def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int, subset_size: int
     """KID (x1000 is common; we report the raw value) with clean-fid's estimator."""
     from cleanfid.fid import kernel_distance as kd
 
+    size = min(subset_size, len(a), len(b))
+    if size == len(a) == len(b):
+        # Every subset is then a permutation of both whole sets, and the estimate
+        # is invariant to order: one subset gives the value of any number.
+        subsets = 1
     state = np.random.get_state()
     np.random.seed(seed % 2**32)  # clean-fid draws its subsets from numpy's global RNG
     try:
-        return float(kd(a, b, num_subsets=subsets, max_subset_size=min(subset_size, len(a), len(b))))
+        return float(kd(a, b, num_subsets=subsets, max_subset_size=size))
     finally:
         np.random.set_state(state)
 

@@ -12,6 +12,7 @@ import os
 from importlib import resources
 from typing import Any, Iterable
 
+from contam import label_files
 from contam.config import expected_image_count, generation_only
 from contam.layout import ratio_tag
 
@@ -80,6 +81,28 @@ def _check_real(real: dict, problems: list[str]) -> None:
         for key in ("root", "test_root", "class_index", "num_classes"):
             if key not in real:
                 problems.append(f"real.{key}: required when real.kind is image_folder")
+    _check_test_labels(real, problems)
+
+
+def _check_test_labels(real: dict, problems: list[str]) -> None:
+    """The labels file of a flat test_root: its format is known from its name, before the data exist."""
+    labels, meta = real.get("test_labels"), real.get("test_labels_meta")
+    if real["kind"] != "image_folder":
+        for key in ("test_labels", "test_labels_meta"):
+            if key in real:
+                problems.append(f"real.{key}: only with real.kind image_folder")
+        return
+    if labels is None:
+        if meta is not None:
+            problems.append("real.test_labels_meta: only with real.test_labels (the devkit's ground truth)")
+        return
+    kind = label_files.test_labels_format(labels)
+    if kind is None:
+        problems.append(f"real.test_labels: unknown labels format of {labels!r}; expected {label_files.KNOWN_FORMATS}")
+    elif kind == label_files.DEVKIT and meta is None:
+        problems.append("real.test_labels_meta: required with the devkit's ground truth (real.test_labels, a .txt): the devkit's meta.mat maps its class IDs to wnids")
+    elif kind == label_files.KAGGLE and meta is not None:
+        problems.append("real.test_labels_meta: only for the devkit's ground truth; Kaggle's LOC_val_solution.csv names wnids itself")
 
 
 def _check_classification(config: dict, problems: list[str]) -> None:
@@ -112,6 +135,8 @@ def _check_classification(config: dict, problems: list[str]) -> None:
                     problems.append("real.split_fractions.control: the control pool must be larger than the share of the train split it replaces (train x the largest ratio, plus 0.01)")
             elif "root" not in src:
                 problems.append(f"{key}.root: required for a control source of an image-folder dataset")
+            if "file_lists" in src and (real["kind"] != "image_folder" or "root" not in src):
+                problems.append(f"{key}.file_lists: only for a control source with a root (paths in the lists are relative to it), of an image-folder dataset")
             for bad in ("generator", "prompts"):
                 if bad in src:
                     problems.append(f"{key}.{bad}: only for generated sources")
@@ -184,7 +209,7 @@ def _check_generators(config: dict, problems: list[str]) -> None:
             shards = int(src.get("shards", 1))
             if count is not None and shards > count:
                 problems.append(f"{key}.shards: {shards} shards for only {count} images (more shards than images)")
-            for bad in ("real_split", "root"):
+            for bad in ("real_split", "root", "file_lists"):
                 if bad in src:
                     problems.append(f"{key}.{bad}: only for control sources")
 

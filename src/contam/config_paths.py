@@ -8,17 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contam import label_files
+
 
 def data_paths(config: dict) -> dict[str, str]:
     """Every input path the config names, by key."""
     paths: dict[str, str] = {}
     real = config.get("real", {})
-    for key in ("root", "test_root", "class_index"):
+    for key in ("root", "test_root", "class_index", "test_labels", "test_labels_meta"):
         if key in real:
             paths[f"real.{key}"] = real[key]
     for name, src in config["sources"].items():
         if "root" in src:
             paths[f"sources.{name}.root"] = src["root"]
+            for i, file_list in enumerate(src.get("file_lists", [])):
+                paths[f"sources.{name}.file_lists[{i}]"] = str(label_files.resolve(src["root"], file_list))
         captions = src.get("prompts", {}).get("captions")
         if captions:
             paths[f"sources.{name}.prompts.captions"] = captions

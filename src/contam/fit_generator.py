@@ -39,15 +39,19 @@ HISTORY_FIELDS = ("step", "loss", "lr", "images_per_s")
 SCHEDULE = "squaredcos_cap_v2"
 
 
-def build_unet(image_size: int, num_classes: int, block_channels: list[int], layers_per_block: int) -> UNet2DModel:
-    """A small UNet; attention only at the lowest resolution, where it is cheap."""
+def build_unet(image_size: int, num_classes: int, block_channels: list[int], layers_per_block: int, attention: bool = True, channels: int = 3) -> UNet2DModel:
+    """A small UNet; attention (if any) only at the lowest resolution, where it is cheap.
+
+    ``channels`` is 3 (RGB) or 1 (grey: the sampler writes it out as RGB with
+    equal channels, as the real digits are stored).
+    """
     levels = len(block_channels)
-    down = ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D"]
-    up = ["AttnUpBlock2D"] + ["UpBlock2D"] * (levels - 1)
+    down = ["DownBlock2D"] * (levels - 1) + ["AttnDownBlock2D" if attention else "DownBlock2D"]
+    up = ["AttnUpBlock2D" if attention else "UpBlock2D"] + ["UpBlock2D"] * (levels - 1)
     return UNet2DModel(
         sample_size=image_size,
-        in_channels=3,
-        out_channels=3,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=tuple(block_channels),
         down_block_types=tuple(down),
         up_block_types=tuple(up),
@@ -63,14 +67,16 @@ def noise_schedulers() -> tuple[DDPMScheduler, DDIMScheduler]:
     return DDPMScheduler(**kwargs), DDIMScheduler(**kwargs)
 
 
-def load_images(index: pd.DataFrame, image_size: int) -> torch.Tensor:
-    """The real training images as a float tensor in [-1, 1]."""
+def load_images(index: pd.DataFrame, image_size: int, channels: int = 3) -> torch.Tensor:
+    """The training images as a float tensor in [-1, 1], RGB or (``channels`` 1) grey."""
     arrays = []
     for path in index["path"]:
         image = load_rgb(path)
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size))
-        arrays.append(np.asarray(image))
+        if channels == 1:
+            image = image.convert("L")
+        arrays.append(np.asarray(image).reshape(image_size, image_size, channels))
     stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
     return stacked / 127.5 - 1.0
 
@@ -96,6 +102,7 @@ def fit(
     checkpoint_every: int = 100,
     init_from: str | os.PathLike | None = None,
     stop_after: int | None = None,
+    keep_final: bool = False,
 ) -> dict:
     """Train the UNet and save it (EMA weights) with its scheduler under ``out_dir``.
 
@@ -104,11 +111,14 @@ def fit(
     removed once the model is saved. ``init_from``: a fitted model folder whose
     weights (its average) start the fit, i.e. fine-tuning instead of a fit from
     scratch. ``stop_after`` (for tests) saves a checkpoint and raises Stopped.
+    ``keep_final`` keeps the finished fit's checkpoint instead: a rerun with the
+    same fingerprint (to rescore, say) saves the model again without refitting.
     """
     torch.manual_seed(seed)
-    images = load_images(train_index, image_size).to(device)
+    channels = int(fit_config.get("channels", 3))
+    images = load_images(train_index, image_size, channels).to(device)
     labels = torch.as_tensor(train_index["label"].to_numpy(), dtype=torch.long, device=device)
-    unet = build_unet(image_size, num_classes, fit_config["block_channels"], fit_config["layers_per_block"])
+    unet = build_unet(image_size, num_classes, fit_config["block_channels"], fit_config["layers_per_block"], fit_config.get("attention", True), channels)
     if init_from is not None:
         start = UNet2DModel.from_pretrained(Path(init_from) / "unet", use_safetensors=True)
         unet.load_state_dict(start.state_dict())
@@ -196,6 +206,9 @@ def fit(
         writer.writerows(history)
     summary = {"steps": steps, "final_loss": history[-1]["loss"], "seconds": meter.seconds, "num_classes": num_classes, "image_size": image_size, "resumed_at": first}
     write_json(summary, out / "fit_summary.json")
-    if checkpoint is not None:
+    if checkpoint is not None and keep_final:
+        if first < steps:
+            save_checkpoint(steps)
+    elif checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
     return summary

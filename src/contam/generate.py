@@ -78,7 +78,7 @@ class EmbeddedSampler:
     @torch.no_grad()
     def __call__(self, batch: pd.DataFrame) -> tuple[np.ndarray, list[bool]]:
         generators = per_image_generators(batch["seed"])
-        shape = (3, *self.image_hw)
+        shape = (self.unet.config.in_channels, *self.image_hw)
         x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         labels = torch.tensor(np.array(batch["label"], dtype=np.int64), device=self.device)
         self.scheduler.set_timesteps(self.steps)
@@ -91,7 +91,8 @@ class EmbeddedSampler:
                 eps = self.unet(x, t, class_labels=labels).sample
             x = self.scheduler.step(eps, t, x, eta=self.eta, generator=generators if self.eta > 0 else None).prev_sample
         images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return images, [False] * len(batch)
+        # A grey model's images are stored as RGB with equal channels, like the real digits.
+        return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images, [False] * len(batch)
 
 
 SCHEDULERS = {

@@ -1,4 +1,4 @@
-"""Stage fit_generative_model: the paper's second task, and the self-consuming loop.
+"""Stage fit_and_score_generative_model (the fit and samples): the paper's second task, and the self-consuming loop.
 
 A *unit* is one generative model (``contam.fit_generator``'s class-conditional
 UNet) and the samples it draws:
@@ -14,8 +14,10 @@ A unit's job fits the model (checkpointed, resumable) and then draws
 ``samples_per_class`` images per class with the same per-image machinery as a
 generation shard (``contam.generate``): each image depends only on its row and
 seed, is written atomically, and a killed job keeps the images already written.
-Samples are drawn in the same job as the fit because a second job would pay
-diffusers' import again (about 10 s a job on the embedded study's machine).
+Samples are drawn, and scored (``contam.score_samples``), in the same job as the
+fit because another job would pay the imports again (about 10 s a job on the
+embedded study's machine). The finished fit's checkpoint is kept beside the
+model, so a rerun to rescore does not refit.
 
 Seeds give common random numbers: every unit of seed s starts from the same
 initial weights (from scratch), draws the same batch indices and the same
@@ -231,6 +233,7 @@ def fit_and_sample(
         fingerprint=fingerprint,
         checkpoint_every=execution["checkpoint_steps"],
         init_from=init_from,
+        keep_final=True,
     )
     log.info("fitted: %s", summary)
     weights = identity.weights_fingerprint(model_dir)

@@ -8,7 +8,13 @@ real and ``content_id``. Two kinds:
   reproducibly (stratified) into train, control and test;
 * ``image_folder``: ``root/<class folder>/<image>`` (ImageNet train/val by wnid,
   WebVision-style folders, ...), mapped through a class-index file so that every
-  source shares one label space.
+  source shares one label space. The datasets' shipped layouts work too:
+  ImageNet's flat validation folder with its labels file (``real.test_labels``)
+  and WebVision's file lists (``sources.<name>.file_lists``); see
+  contam.label_files.
+
+Unreadable images are skipped and counted, never fatal, and so are listed images
+whose file is missing (reason "missing").
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from contam import label_files
 from contam.config import DIGIT_NAMES
 from contam.identity import content_ids
 from contam.images import check_image
@@ -38,6 +45,7 @@ DIGIT_SPLITS = ("train", "control", "validation", "reference", "test")
 # content_id tells images apart that share a path (a file rewritten in place):
 # a hash of the bytes where this stage writes the file, else size and mtime.
 INDEX_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "content_id"]
+MISSING = "missing"
 
 
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
@@ -112,10 +120,45 @@ def first_name(names: str) -> str:
     return names.split(",")[0].strip()
 
 
+def _extensions(extensions: list[str]) -> set[str]:
+    return {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+
+
 def _list_folder(folder: Path, extensions: set[str]) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+
+
+def _image_problem(path: Path) -> str | None:
+    """None for a usable image, else why it is skipped."""
+    if not path.is_file():
+        return MISSING
+    return check_image(path)
+
+
+def _checked_index(files: list[tuple[Path, int, str]], split: str, source: str, origin: str, workers: int) -> tuple[pd.DataFrame, dict]:
+    """The index rows of ``(path, label, class name)`` items that decode, and the skip counts."""
+    with ThreadPoolExecutor(workers) as pool:
+        problems = list(tqdm(pool.map(lambda item: _image_problem(item[0]), files), total=len(files), desc=f"check {split}", mininterval=5))
+    skipped = [(str(path), why) for (path, _, _), why in zip(files, problems) if why]
+    for path, why in skipped[:20]:
+        log.warning("skipping image %s (%s)", path, why)
+    rows = [(str(path), int(label), name) for (path, label, name), why in zip(files, problems) if not why]
+    frame = pd.DataFrame(rows, columns=["path", "label", "class_name"])
+    frame["content_id"] = content_ids(frame["path"])
+    frame["split"] = split
+    frame["origin"] = origin
+    frame["source"] = source
+    counts = {
+        "split": split,
+        "found": len(files),
+        "indexed": len(rows),
+        "skipped": len(skipped),
+        "missing": sum(why == MISSING for _, why in skipped),
+        "skipped_examples": skipped[:20],
+    }
+    return frame[INDEX_COLUMNS].sort_values("path", ignore_index=True), counts
 
 
 def index_image_folder(
@@ -133,34 +176,125 @@ def index_image_folder(
     that are not in the class index.
     """
     root = Path(root)
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    exts = _extensions(extensions)
     known = set(classes["folder"])
     unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in known) if root.is_dir() else []
     with ThreadPoolExecutor(workers) as pool:
         listings = list(pool.map(lambda f: _list_folder(root / f, exts), classes["folder"]))
     files = [(path, label, first_name(names)) for listing, label, names in zip(listings, classes["label"], classes["names"]) for path in listing]
-    with ThreadPoolExecutor(workers) as pool:
-        problems = list(tqdm(pool.map(lambda item: check_image(item[0]), files), total=len(files), desc=f"check {split}", mininterval=5))
-    skipped = [(str(path), why) for (path, _, _), why in zip(files, problems) if why]
-    for path, why in skipped[:20]:
-        log.warning("skipping unreadable image %s (%s)", path, why)
-    rows = [(str(path), int(label), name) for (path, label, name), why in zip(files, problems) if not why]
-    frame = pd.DataFrame(rows, columns=["path", "label", "class_name"])
-    frame["content_id"] = content_ids(frame["path"])
-    frame["split"] = split
-    frame["origin"] = origin
-    frame["source"] = source
-    counts = {
-        "split": split,
-        "root": str(root),
-        "found": len(files),
-        "indexed": len(rows),
-        "skipped": len(skipped),
-        "skipped_examples": skipped[:20],
-        "unknown_folders": unknown,
-        "empty_classes": int(sum(1 for listing in listings if not listing)),
-    }
-    return frame[INDEX_COLUMNS].sort_values("path", ignore_index=True), counts
+    frame, counts = _checked_index(files, split, source, origin, workers)
+    counts.update(root=str(root), unknown_folders=unknown, empty_classes=int(sum(1 for listing in listings if not listing)))
+    return frame, counts
+
+
+def index_file_lists(
+    root: str | os.PathLike,
+    file_lists: list[str],
+    classes: pd.DataFrame,
+    split: str,
+    workers: int = 8,
+    source: str = BASELINE_SOURCE,
+    origin: str = REAL_ORIGIN,
+) -> tuple[pd.DataFrame, dict]:
+    """Index the images that file lists name, with the lists' labels (WebVision 1.0 as it ships).
+
+    Each list (relative to ``root`` or absolute) holds lines ``<path relative to
+    root> <label>``, labels in the class index's order. A label outside it or a
+    malformed line raises ValueError naming the file and line; a listed file that
+    is absent is skipped and counted as "missing", an undecodable one as
+    unreadable, and a path listed a second time is skipped as "listed twice".
+    """
+    names = [first_name(n) for n in classes["names"]]
+    files, seen, duplicates = [], set(), []
+    for file_list in file_lists:
+        path = label_files.resolve(root, file_list)
+        for relative, label, line in label_files.read_file_list(path, len(classes)):
+            image = label_files.resolve(root, relative)
+            if image in seen:
+                duplicates.append((str(image), f"listed twice (again at {path}, line {line})"))
+                continue
+            seen.add(image)
+            files.append((image, label, names[label]))
+    frame, counts = _checked_index(files, split, source, origin, workers)
+    listed = {label for _, label, _ in files}
+    counts.update(
+        root=str(root),
+        file_lists=[str(label_files.resolve(root, f)) for f in file_lists],
+        found=len(files) + len(duplicates),
+        skipped=counts["skipped"] + len(duplicates),
+        listed_twice=len(duplicates),
+        skipped_examples=(counts["skipped_examples"] + duplicates)[:20],
+        empty_classes=int(sum(label not in listed for label in classes["label"])),
+    )
+    return frame, counts
+
+
+def index_flat_folder(
+    folder: str | os.PathLike,
+    test_labels: str | os.PathLike,
+    classes: pd.DataFrame,
+    split: str,
+    extensions: list[str],
+    meta_path: str | os.PathLike | None = None,
+    workers: int = 8,
+) -> tuple[pd.DataFrame, dict]:
+    """Index a flat folder of images (ImageNet val as distributed) through its labels file.
+
+    ``test_labels`` is the devkit's ground truth (with ``meta_path``, the
+    devkit's meta.mat) or Kaggle's LOC_val_solution.csv; each names a wnid per
+    image, mapped to the class index's label through the class folder (the
+    devkit's own class numbers are never labels).
+
+    * An image in the folder that the labels file does not name raises
+      ValueError: the labels belong to another set of images, and dropping those
+      images would silently change what test accuracy measures.
+    * An image named with a wnid that is not in the class index is left out
+      (a class index of a subset of ImageNet), like a class folder that is not
+      in the class index: its wnids are listed in ``unknown_classes`` and its
+      images counted in ``unknown_class_images``. If no image is of a known
+      class, the labels and the class index cannot belong together: ValueError.
+    * A labelled image that is absent is skipped and counted as "missing", an
+      undecodable one as unreadable, as in every index.
+    """
+    folder = Path(folder)
+    images = _list_folder(folder, _extensions(extensions))
+    if not images:
+        raise ValueError(f"real.test_root: no images directly in {folder}; with real.test_labels it is the flat folder as distributed (leave test_labels out for class sub-folders)")
+    labels = label_files.read_test_labels(test_labels, meta_path)
+    unlabelled = [p.name for p in images if p.stem not in labels]
+    if unlabelled:
+        raise ValueError(f"real.test_labels: {test_labels} has no label for {len(unlabelled)} images of {folder}, e.g. {', '.join(unlabelled[:3])}")
+    by_folder = {folder_name: (int(label), first_name(names)) for folder_name, label, names in zip(classes["folder"], classes["label"], classes["names"])}
+    unknown = sorted({wnid for wnid in labels.values() if wnid not in by_folder})
+    if len(unknown) == len(set(labels.values())):
+        raise ValueError(f"real.test_labels: none of the classes of {test_labels} is in real.class_index (e.g. {unknown[0]})")
+    on_disk = {p.stem: p for p in images}
+    files = [(on_disk.get(name, folder / name), *by_folder[wnid]) for name, wnid in sorted(labels.items()) if wnid in by_folder]
+    frame, counts = _checked_index(files, split, BASELINE_SOURCE, REAL_ORIGIN, workers)
+    found = set(frame["label"])
+    counts.update(
+        root=str(folder),
+        test_labels=str(test_labels),
+        unknown_classes=unknown,
+        unknown_class_images=sum(wnid not in by_folder for wnid in labels.values()),
+        empty_classes=int(sum(label not in found for label in classes["label"])),
+    )
+    return frame, counts
+
+
+def index_real_folders(real: dict, workers: int = 8) -> tuple[pd.DataFrame, dict]:
+    """The train and test splits of an ``image_folder`` dataset, and their counts by split.
+
+    The test split is ``test_root/<class folder>/<image>``, or with
+    ``real.test_labels`` the flat folder as distributed.
+    """
+    classes = class_table(real)
+    train, train_counts = index_image_folder(real["root"], classes, "train", real["extensions"], workers=workers)
+    if real.get("test_labels"):
+        test, test_counts = index_flat_folder(real["test_root"], real["test_labels"], classes, "test", real["extensions"], real.get("test_labels_meta"), workers=workers)
+    else:
+        test, test_counts = index_image_folder(real["test_root"], classes, "test", real["extensions"], workers=workers)
+    return pd.concat([train, test], ignore_index=True), {"train": train_counts, "test": test_counts}
 
 
 def class_table(real_config: dict) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Stages score_generative_model and score_reference_floor: how good and how diverse samples are.
+"""Stages fit_and_score_generative_model (its scoring half) and score_reference_floor: how good and how diverse samples are.
 
 A unit's samples are compared with half A of the real reference split, which no
 generator and no feature extractor has seen, on the features of the judge (the
@@ -104,7 +104,7 @@ def load_judge(weights, model_config: dict, num_classes: int, execution: dict, g
 
 
 def score_unit(unit_block: dict, samples: pd.DataFrame, manifest: pd.DataFrame, counts: dict, reference: dict, judge_weights, settings: dict, execution: dict, gpus: int) -> dict:
-    """One score_generative_model job: the judge's features of the samples, then every metric."""
+    """A unit job's scoring: the judge's features of the samples, then every metric."""
     from contam.loop import composition
 
     model = settings["judge_model"]

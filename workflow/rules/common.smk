@@ -205,6 +205,10 @@ def control_root(wildcards):
     return config["sources"][wildcards.control_source]["root"]
 
 
+def control_file_lists(wildcards):
+    return config["sources"][wildcards.control_source].get("file_lists", [])
+
+
 def prompt_settings(wildcards):
     return config["sources"][wildcards.generated_source].get("prompts", {})
 
@@ -470,10 +474,7 @@ def generative_benchmark_files():
     files.append(bench("train", model=ANALYSIS_MODEL, **judge))
     for unit in generative.units(config):
         values = dict(track=unit.track, level=unit.level, seed=unit.seed)
-        files += [
-            bench("fit_generative_model", **values),
-            bench("score_generative_model", **values),
-        ]
+        files.append(bench("fit_and_score_generative_model", **values))
     return files
 
 

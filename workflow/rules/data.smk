@@ -36,6 +36,7 @@ rule index_control:
         runtime=runtime_of("default"),
     params:
         root=control_root,
+        file_lists=control_file_lists,
         real=config.get("real", {}),
     script:
         "../scripts/index_folder.py"

@@ -17,57 +17,39 @@ rule build_loop_manifest:
         "../scripts/build_loop_manifest.py"
 
 
-rule fit_generative_model:
+# One job fits a unit's model, draws its samples and scores them: each job pays
+# ~10 s of imports (diffusers, timm) on the embedded study's machine, so a
+# separate scoring job per unit cost a quarter of the study. The finished fit's
+# checkpoint is kept, so a rerun for new scoring settings does not refit.
+rule fit_and_score_generative_model:
     input:
         manifest=generative_manifest,
         indexes=generative_manifest_indexes,
         init=generative_init,
+        reference=layout.features(OUT, layout.REFERENCE_FEATURES),
+        judge=feature_extractor_weights,
     output:
         model=directory(layout.generative_model(OUT, "{track}", "{level}", "{seed}")),
         samples=layout.generative_samples(OUT, "{track}", "{level}", "{seed}"),
         counts=layout.generative_sample_counts(OUT, "{track}", "{level}", "{seed}"),
+        metrics=layout.generative_metrics(OUT, "{track}", "{level}", "{seed}"),
     log:
-        log_of("fit_generative_model"),
+        log_of("fit_and_score_generative_model"),
     benchmark:
-        benchmark_of("fit_generative_model")
+        benchmark_of("fit_and_score_generative_model")
     conda:
         "../../envs/generate.yaml"
-    threads: threads_of("fit_generative_model")
+    threads: threads_of("fit_and_score_generative_model")
     resources:
-        mem_mb=mem_of("fit_generative_model"),
-        runtime=runtime_of("fit_generative_model"),
-        gpu=gpus_of("fit_generative_model"),
+        mem_mb=mem_of("fit_and_score_generative_model"),
+        runtime=runtime_of("fit_and_score_generative_model"),
+        gpu=gpus_of("fit_and_score_generative_model"),
     params:
         settings=generative_unit_settings,
-    script:
-        "../scripts/fit_generative_model.py"
-
-
-rule score_generative_model:
-    input:
-        samples=rules.fit_generative_model.output.samples,
-        counts=rules.fit_generative_model.output.counts,
-        manifest=generative_manifest,
-        reference=layout.features(OUT, layout.REFERENCE_FEATURES),
-        judge=feature_extractor_weights,
-    output:
-        layout.generative_metrics(OUT, "{track}", "{level}", "{seed}"),
-    log:
-        log_of("score_generative_model"),
-    benchmark:
-        benchmark_of("score_generative_model")
-    conda:
-        "../../envs/evaluate.yaml"
-    threads: threads_of("score_generative_model")
-    resources:
-        mem_mb=mem_of("score_generative_model"),
-        runtime=runtime_of("score_generative_model"),
-        gpu=gpus_of("score_generative_model"),
-    params:
-        settings=generative_score_settings,
+        score=generative_score_settings,
         unit=generative_unit_block,
     script:
-        "../scripts/score_generative_model.py"
+        "../scripts/fit_and_score_generative_model.py"
 
 
 rule score_reference_floor:

@@ -1,7 +1,5 @@
 """Glue for rule index_real: see contam.index_real."""
 
-import pandas as pd
-
 from contam import index_real, logs
 from contam.io import write_json, write_parquet
 
@@ -12,13 +10,7 @@ if real["kind"] == "digits":
     index = index_real.export_digits(sm.params.images, real["image_size"], real["split_fractions"], sm.params.seed)
     quality = {"found": len(index), "indexed": len(index), "skipped": 0}
 else:
-    classes = index_real.class_table(real)
-    parts, quality = [], {}
-    for split, root in (("train", real["root"]), ("test", real["test_root"])):
-        frame, counts = index_real.index_image_folder(root, classes, split, real["extensions"], workers=max(4, 2 * sm.threads))
-        parts.append(frame)
-        quality[split] = counts
-    index = pd.concat(parts, ignore_index=True)
+    index, quality = index_real.index_real_folders(real, workers=max(4, 2 * sm.threads))
 log.info("indexed %d real images: %s", len(index), index.groupby("split").size().to_dict())
 write_json(quality, sm.output.quality)
 write_parquet(index, sm.output.index)
