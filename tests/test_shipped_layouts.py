@@ -114,6 +114,24 @@ def test_webvision_file_lists_give_the_listed_labels(webvision, classes):
     assert counts["empty_classes"] == 0
 
 
+def test_webvision_labels_go_through_its_synsets_file(webvision, classes):
+    table = index_real.read_class_index(classes)
+    lists = ["info/train_filelist_google.txt", "info/train_filelist_flickr.txt"]
+    # The shipped order agrees with the class index: the same labels as without the file.
+    (webvision / "info/synsets.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish\nn01484850 great white shark\n")
+    frame, counts = index_real.index_file_lists(webvision, lists, table, "control")
+    assert labels_of(frame, webvision) == EXPECTED_WEBVISION and counts["labels_through"].endswith("info/synsets.txt")
+    # Another order: labels follow the wnids, not the numbers.
+    (webvision / "info/synsets.txt").write_text("n01484850 great white shark\nn01440764 tench\nn01443537 goldfish\n")
+    frame, _ = index_real.index_file_lists(webvision, lists, table, "control")
+    remapped = {path: {0: 2, 1: 0, 2: 1}[label] for path, label in EXPECTED_WEBVISION.items()}
+    assert labels_of(frame, webvision) == remapped
+    assert set(zip(frame["label"], frame["class_name"])) <= {(0, "tench"), (1, "goldfish"), (2, "great white shark")}
+    (webvision / "info/synsets.txt").write_text("n01440764 tench\nn09999999 not in the index\n")
+    with pytest.raises(ValueError, match=r"synsets.txt, line 2: wnid 'n09999999'"):
+        index_real.index_file_lists(webvision, lists, table, "control")
+
+
 def test_a_path_listed_twice_is_indexed_once(webvision, classes):
     (webvision / "info/extra.txt").write_text("google/q0001/000000.jpg 0\n")
     table = index_real.read_class_index(classes)

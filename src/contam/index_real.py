@@ -199,16 +199,22 @@ def index_file_lists(
     """Index the images that file lists name, with the lists' labels (WebVision 1.0 as it ships).
 
     Each list (relative to ``root`` or absolute) holds lines ``<path relative to
-    root> <label>``, labels in the class index's order. A label outside it or a
-    malformed line raises ValueError naming the file and line; a listed file that
+    root> <label>``. Where ``root`` holds WebVision's ``info/synsets.txt`` (the
+    wnid of each label), labels are mapped through its wnids; otherwise they are
+    taken in the class index's order. A label outside the range or a malformed
+    line raises ValueError naming the file and line; a listed file that
     is absent is skipped and counted as "missing", an undecodable one as
     unreadable, and a path listed a second time is skipped as "listed twice".
     """
     names = [first_name(n) for n in classes["names"]]
+    synsets = label_files.resolve(root, label_files.WEBVISION_SYNSETS)
+    # Labels go through the dataset's own wnid list where it ships one.
+    to_class = label_files.read_label_wnids(synsets, list(classes["folder"])) if synsets.is_file() else list(range(len(classes)))
     files, seen, duplicates = [], set(), []
     for file_list in file_lists:
         path = label_files.resolve(root, file_list)
-        for relative, label, line in label_files.read_file_list(path, len(classes)):
+        for relative, listed, line in label_files.read_file_list(path, len(to_class)):
+            label = to_class[listed]
             image = label_files.resolve(root, relative)
             if image in seen:
                 duplicates.append((str(image), f"listed twice (again at {path}, line {line})"))
@@ -220,6 +226,7 @@ def index_file_lists(
     counts.update(
         root=str(root),
         file_lists=[str(label_files.resolve(root, f)) for f in file_lists],
+        labels_through=str(synsets) if synsets.is_file() else "the class index's order",
         found=len(files) + len(duplicates),
         skipped=counts["skipped"] + len(duplicates),
         listed_twice=len(duplicates),

@@ -62,6 +62,31 @@ def read_file_list(path: str | os.PathLike, num_classes: int) -> list[tuple[str,
     return entries
 
 
+# WebVision 1.0 ships the wnid of each of its labels, one per line in label order.
+WEBVISION_SYNSETS = "info/synsets.txt"
+
+
+def read_label_wnids(path: str | os.PathLike, folders: list[str]) -> list[int]:
+    """The class index's label for each label of a dataset's own ``<wnid> <words>`` list.
+
+    WebVision's labels are believed to follow ImageNet's order, but its
+    ``info/synsets.txt`` says so: going through the wnids makes the mapping
+    right whatever the order, and a wnid outside the class index raises
+    ValueError naming the file and line.
+    """
+    label_of = {folder: label for label, folder in enumerate(folders)}
+    mapping = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            wnid = line.split(maxsplit=1)[0] if line.strip() else ""
+            if not wnid:
+                continue
+            if wnid not in label_of:
+                raise ValueError(f"{path}, line {number}: wnid {wnid!r} is not a class folder of real.class_index")
+            mapping.append(label_of[wnid])
+    return mapping
+
+
 def read_devkit_synsets(meta_path: str | os.PathLike) -> dict[int, str]:
     """ILSVRC2012_ID -> wnid from the devkit's ``data/meta.mat``.
 
