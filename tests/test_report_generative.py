@@ -197,6 +197,7 @@ def test_page_sections_floor_and_headline(study):
     assert "0.777 [0.750, 0.800]" in page  # the floor's recall with its interval
     assert "1.23 [1.00, 1.50]" in page  # the floor's FID
     assert "fit_and_score_generative_model" in page and "bottom 20 %" in page
+    assert "recall drop [95 % t-interval]" in page
     assert "figures/generative_ratio.png" in page and "figures/generative_samples_accumulate.png" in page
 
     items = headline_items(page)

@@ -210,8 +210,12 @@ def fit_and_sample(
     execution: dict,
     gpus: int,
     threads: int,
-) -> dict:
-    """Fit a unit's model on ``manifest`` (resuming a killed fit), then draw its samples."""
+) -> tuple[pd.DataFrame, dict]:
+    """Fit a unit's model on ``manifest`` (resuming a killed fit), then draw its samples.
+
+    Returns the samples' index and counts as written to ``samples_path`` and
+    ``counts_path``, so the job scores them without reading them back.
+    """
     from contam import identity
     from contam.devices import describe, pick_device
     from contam.fit_generator import fit
@@ -250,6 +254,7 @@ def fit_and_sample(
         writer_threads=max(threads, 2),
     )
     log.info("samples: %s", {k: v for k, v in counts.items() if k != "flagged_rows"})
-    write_json({**counts, "fit": summary, "init": settings["init"], "settings_id": settings_id}, counts_path)
+    counts = {**counts, "fit": summary, "init": settings["init"], "settings_id": settings_id}
+    write_json(counts, counts_path)
     write_parquet(index, samples_path)
-    return counts
+    return index, counts

@@ -2,7 +2,7 @@
 
 * WebVision 1.0's file lists (``info/train_filelist_google.txt``,
   ``info/train_filelist_flickr.txt``): lines ``<path relative to the root>
-  <label>``, labels 0..999 in ImageNet's order;
+  <label>``, labels 0..999, whose wnids ``info/synsets.txt`` lists in order;
 * ImageNet's validation labels for the flat ``val/ILSVRC2012_val_00000001.JPEG``
   folder as distributed: the ILSVRC2012 devkit's
   ``ILSVRC2012_validation_ground_truth.txt`` (line i holds image i's
@@ -44,8 +44,8 @@ def read_file_list(path: str | os.PathLike, num_classes: int) -> list[tuple[str,
 
     A line is ``<relative path> <label>``; the path may hold spaces, the label is
     the last field. A malformed line or a label outside 0..num_classes-1 raises
-    ValueError naming the file and the line: the list and the class index
-    disagree, and every image of the list would get a wrong label.
+    ValueError naming the file and the line: the list and the labels it is read
+    against disagree, and every image of the list would get a wrong label.
     """
     entries = []
     with open(path, encoding="utf-8") as lines:
@@ -57,7 +57,7 @@ def read_file_list(path: str | os.PathLike, num_classes: int) -> list[tuple[str,
                 raise ValueError(f"{path}, line {number}: expected '<relative path> <label>', got {line.strip()!r}")
             label = int(fields[1])
             if not 0 <= label < num_classes:
-                raise ValueError(f"{path}, line {number}: label {label} is outside 0..{num_classes - 1}, the labels of real.class_index")
+                raise ValueError(f"{path}, line {number}: label {label} is outside 0..{num_classes - 1}, the labels the list can name")
             entries.append((fields[0].strip(), label, number))
     return entries
 

@@ -623,19 +623,25 @@ def samples_section(page: Page, sample_indexes: dict[str, str], real_index: pd.D
 
 
 def per_class_table(units: list[dict], base: list[dict]) -> pd.DataFrame:
-    """Per class: recall and class accuracy, mean over the given units, at the baseline and at the end."""
-    def means(datas: list[dict]) -> pd.DataFrame:
-        rows = [(int(r["label"]), "recall", _number(r.get("recall"))) for d in datas for r in d.get("per_class", [])]
-        rows += [(int(r["label"]), "accuracy", _number(r.get("accuracy"))) for d in datas for r in d.get("class_accuracy_per_class", [])]
-        frame = pd.DataFrame(rows, columns=["label", "metric", "value"])
+    """Per class: recall and class accuracy at the baseline and at the end, mean over seeds,
+    and the recall drop with its 95 % t-interval over the seeds paired at both ends."""
+    def by_seed(datas: list[dict]) -> pd.DataFrame:
+        rows = [(d["unit"].get("seed"), int(r["label"]), "recall", _number(r.get("recall"))) for d in datas for r in d.get("per_class", [])]
+        rows += [(d["unit"].get("seed"), int(r["label"]), "accuracy", _number(r.get("accuracy"))) for d in datas for r in d.get("class_accuracy_per_class", [])]
+        frame = pd.DataFrame(rows, columns=["seed", "label", "metric", "value"])
         if frame.empty:
-            return pd.DataFrame(columns=["recall", "accuracy"], index=pd.Index([], name="label"), dtype=float)
-        return frame.pivot_table(index="label", columns="metric", values="value", aggfunc="mean").reindex(columns=["recall", "accuracy"])
+            return pd.DataFrame(columns=["recall", "accuracy"], index=pd.MultiIndex.from_tuples([], names=["seed", "label"]), dtype=float)
+        return frame.pivot_table(index=["seed", "label"], columns="metric", values="value", aggfunc="mean").reindex(columns=["recall", "accuracy"])
 
-    start, end = means(base), means(units)
-    table = start.join(end, lsuffix="_start", rsuffix="_end", how="inner")
-    table["recall_drop"] = table["recall_start"] - table["recall_end"]
-    return table.reset_index().sort_values("recall_drop", ascending=False, na_position="last", ignore_index=True)
+    paired = by_seed(base).join(by_seed(units), lsuffix="_start", rsuffix="_end", how="inner")
+    paired["drop"] = paired["recall_start"] - paired["recall_end"]
+    rows = []
+    for label, group in paired.groupby(level="label"):
+        drop = paired_t(group["drop"])
+        rows.append({"label": label, **group[["recall_start", "recall_end", "accuracy_start", "accuracy_end"]].mean().to_dict(),
+                     "recall_drop": drop["difference"], "drop_low": drop["ci95_low"], "drop_high": drop["ci95_high"], "seeds": drop["seeds"]})
+    columns = ["label", "recall_start", "recall_end", "accuracy_start", "accuracy_end", "recall_drop", "drop_low", "drop_high", "seeds"]
+    return pd.DataFrame(rows, columns=columns).sort_values("recall_drop", ascending=False, na_position="last", ignore_index=True)
 
 
 def classes_section(page: Page, units: dict[str, dict], real_index: pd.DataFrame) -> Section | None:
@@ -658,7 +664,7 @@ def classes_section(page: Page, units: dict[str, dict], real_index: pd.DataFrame
             shown = pd.DataFrame({
                 "class": [class_names.get(int(label), str(label)) for label in table["label"]],
                 "recall at 0": [f"{v:.3f}" for v in table["recall_start"]], "recall at end": [f"{v:.3f}" for v in table["recall_end"]],
-                "recall drop": [f"{v:+.3f}" for v in table["recall_drop"]],
+                "recall drop [95 % t-interval]": [with_interval(v, lo, hi, 3) for v, lo, hi in zip(table["recall_drop"], table["drop_low"], table["drop_high"])],
                 "class accuracy at 0": [f"{v:.3f}" for v in table["accuracy_start"]], "class accuracy at end": [f"{v:.3f}" for v in table["accuracy_end"]],
             }).replace("nan", "n/a").replace("+nan", "n/a")
             per_class = units[last["file"].iloc[0]].get("reference", {}).get("n_per_class", "?")
@@ -666,7 +672,7 @@ def classes_section(page: Page, units: dict[str, dict], real_index: pd.DataFrame
             parts.append(f"<h3>{html.escape(line)}: {html.escape(_level_text(study, own[x].max()) + sizes)}</h3>" + html_table(shown))
     if not parts:
         return None
-    note = f"<p class='note'>Per class, mean over the same seeds: at the real-only model (0) and at each arm's largest ratio or each regime's last generation (end); the {TOP_CLASSES} largest recall drops. These are for finding classes to look at: they carry no interval (the tables above give the whole-set intervals).</p>"
+    note = f"<p class='note'>Per class, mean over the same seeds: at the real-only model (0) and at each arm's largest ratio or each regime's last generation (end); the {TOP_CLASSES} largest recall drops. The drop's interval is over the seeds paired at both ends; with 2 seeds it is wide, and ranking the classes by it picks the noisiest first, so these tables are for finding classes to look at.</p>"
     return "Classes whose diversity dropped most", "".join(parts) + note
 
 

@@ -1,8 +1,5 @@
 """Glue for rule fit_and_score_generative_model: see contam.generative and contam.score_samples."""
 
-import json
-from pathlib import Path
-
 from contam import analysis, generative, identity, logs, score_samples
 from contam.io import read_parquet
 
@@ -11,7 +8,7 @@ log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
 manifest = read_parquet(sm.input.manifest)
 execution, gpus = sm.config["execution"], sm.resources.get("gpu", 0)
-generative.fit_and_sample(
+samples, counts = generative.fit_and_sample(
     manifest,
     settings,
     unit_name=f"{sm.wildcards.track}/{sm.wildcards.level}/seed-{sm.wildcards.seed}",
@@ -27,9 +24,9 @@ generative.fit_and_sample(
 )
 record = score_samples.score_unit(
     sm.params.unit,
-    samples=read_parquet(sm.output.samples),
+    samples=samples,
     manifest=manifest,
-    counts=json.loads(Path(sm.output.counts).read_text()),
+    counts=counts,
     reference=analysis.read_features(sm.input.reference),
     judge_weights=sm.input.judge,
     settings=sm.params.score,
