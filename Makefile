@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv demo test test-fast lint format dryrun-imagenet bench clean
+.PHONY: venv demo test test-fast lint format dryrun-imagenet bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ demo: $(STAMP)
 
 # The whole suite must run tests: pytest's exit 5 (nothing collected) fails it.
 # Only a filtered run (-m, -k) may select nothing, so only test-fast accepts 5.
-PYTEST = $(BIN)/python -m pytest -ra
+PYTEST = $(BIN)/python -m pytest -ra --durations=15
 test: $(STAMP)
 	$(PYTEST) $(PYTEST_ARGS)
 
@@ -53,6 +53,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/optimizer.py
+
+# Calibrates the cost plan: generation, training, evaluation and feature
+# extraction timed on this machine, each result a row in ledger/<device>.parquet
+# (README, "Calibrating on a GPU"). On a GPU node the paper sizes within 10
+# minutes; where torch sees no GPU, the small CPU form (about a minute).
+BENCH_ARGS ?= --device auto
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf results logs benchmarks .snakemake

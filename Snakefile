@@ -15,11 +15,13 @@ if not workflow.overwrite_configfiles:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/generate.smk"
+include: "workflow/rules/prepare.smk"
 include: "workflow/rules/mix.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/generative.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/plan.smk"
 
 
 localrules:
@@ -32,6 +34,7 @@ localrules:
     build_loop_manifest,
     score_reference_floor,
     report_generative,
+    plan_costs,
 
 
 rule all:

@@ -98,11 +98,18 @@ def time_unet(pipe, batch: int, height: int, steps: int, device: torch.device) -
 
 
 def measure(master, config: dict, args, device: torch.device, flops: dict) -> dict:
+    """One configuration: s/image over ``args.repeats`` timed batches after a warm-up batch.
+
+    The row also holds the timed ``images`` and ``seconds`` and the ``setup_s``
+    of copying the pipeline to the device (bench/all.py writes them to the ledger).
+    """
+    start = time.perf_counter()
     pipe = copy.deepcopy(master).to(DTYPES[config["dtype"]])
     gen_config = {"scheduler": "ddim", "steps": args.steps, "guidance": 7.5, "eta": 0.0, "height": args.height, "width": args.height}
     pipe = generate.prepare_pipeline(pipe, gen_config, device, config["attention"], config["compile"])
     sampler = generate.DiffusersSampler(gen_config, device, pipe=pipe)
     batch = prompts(config["batch"])
+    setup = time.perf_counter() - start
     start = time.perf_counter()
     sampler(batch)  # warm-up: allocator, kernels, and compilation when asked
     sync(device)
@@ -111,8 +118,10 @@ def measure(master, config: dict, args, device: torch.device, flops: dict) -> di
     for _ in range(args.repeats):
         images, _ = sampler(batch)
     sync(device)
-    seconds = (time.perf_counter() - start) / (args.repeats * config["batch"])
-    row = {**config, "s_per_image": seconds, "images_per_s": 1 / seconds, "warmup_s": warmup, "image_std": float(images.std())}
+    timed = time.perf_counter() - start
+    seconds = timed / (args.repeats * config["batch"])
+    row = {**config, "s_per_image": seconds, "images_per_s": 1 / seconds, "warmup_s": warmup, "setup_s": setup,
+           "images": args.repeats * config["batch"], "seconds": timed, "image_std": float(images.std())}
     if args.unet_flops:
         # The operation count depends on the batch only, not on dtype or kernels.
         if config["batch"] not in flops:

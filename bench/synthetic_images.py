@@ -23,3 +23,44 @@ def make_jpegs(root: Path, count: int, classes: int, side: int) -> pd.DataFrame:
         Image.fromarray(array.clip(0, 255).astype(np.uint8)).save(path, quality=90)
         rows.append((str(path), label))
     return pd.DataFrame(rows, columns=["path", "label"])
+
+
+def photo_crops(count: int, width: int, height: int) -> list[np.ndarray]:
+    """``count`` distinct HxWx3 photos: crops of scikit-learn's two sample photos.
+
+    scikit-learn ships two real photographs (427x640: a temple in China, a
+    flower), so no download is needed. Each is scaled (Lanczos) so the crop fits
+    with room to move, then cropped at spread-out offsets, mirrored on every other
+    image: natural-image statistics, which decide JPEG/PNG/WebP sizes and decode
+    times, unlike noise. Crops overlap, so they are not independent photos.
+    """
+    from sklearn.datasets import load_sample_images
+
+    scaled = []
+    for array in load_sample_images().images:
+        photo = Image.fromarray(array)
+        scale = 1.25 * max(width / photo.width, height / photo.height)
+        scaled.append(np.asarray(photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.LANCZOS)))
+    out = []
+    for i in range(count):
+        source = scaled[i % len(scaled)]
+        step = i // len(scaled)
+        x = (step * 37) % (source.shape[1] - width + 1)
+        y = (step * 23) % (source.shape[0] - height + 1)
+        crop = source[y : y + height, x : x + width]
+        out.append(np.ascontiguousarray(crop[:, ::-1] if step % 2 else crop))
+    return out
+
+
+def make_photo_jpegs(root: Path, count: int, classes: int, width: int = 500, height: int = 375, quality: int = 90) -> pd.DataFrame:
+    """ImageNet-like files: ``count`` JPEGs of ``width`` x ``height`` (ImageNet's
+    typical 500x375) at ``quality``, from ``photo_crops``; returns (path, label)."""
+    rows = []
+    for i, array in enumerate(photo_crops(count, width, height)):
+        label = i % classes
+        folder = Path(root) / f"n{label:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{i:06d}.JPEG"
+        Image.fromarray(array).save(path, quality=quality)
+        rows.append((str(path), label))
+    return pd.DataFrame(rows, columns=["path", "label"])

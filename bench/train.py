@@ -58,8 +58,8 @@ class Synthetic(Dataset):
         return self.images[i % len(self.images)], i % CLASSES
 
 
-def plain_loop(args, device, loader) -> float:
-    """The baseline: what one writes first, no extras. Returns images/s of epoch 2."""
+def plain_loop(args, device, loader) -> tuple[int, float]:
+    """The baseline: what one writes first, no extras. Returns (images, seconds) of epoch 2."""
     torch.manual_seed(0)
     model = create_model(args.arch, CLASSES).to(device)
     if args.channels_last:
@@ -68,7 +68,7 @@ def plain_loop(args, device, loader) -> float:
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     model.train()
-    rate = 0.0
+    seen, seconds = 0, 0.0
     for epoch in range(2):
         start, seen = time.perf_counter(), 0
         for images, labels in loader:
@@ -83,11 +83,12 @@ def plain_loop(args, device, loader) -> float:
             scaler.update()
             float(loss.detach())  # what our loop logs per step, and a device sync
             seen += len(labels)
-        rate = seen / (time.perf_counter() - start)
-    return rate
+        seconds = time.perf_counter() - start
+    return seen, seconds
 
 
-def ours(args, device, manifest, dataset, out: Path) -> float:
+def ours(args, device, manifest, dataset, out: Path) -> tuple[int, float]:
+    """contam.train for two epochs. Returns (images, seconds) of epoch 2, from its train_log.csv."""
     recipe = {
         "epochs": 2, "batch_size": args.batch_size, "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.9,
         "weight_decay": 1e-4, "warmup_epochs": 0, "label_smoothing": 0.1, "precision": args.precision,
@@ -95,7 +96,44 @@ def ours(args, device, manifest, dataset, out: Path) -> float:
     }
     model = {"arch": args.arch, "image_size": args.image_size, "kwargs": {}}
     train.train(manifest, model, recipe, CLASSES, seed=0, out_dir=out, fingerprint="bench", device=device, num_workers=args.workers, dataset=dataset)
-    return float(pd.read_csv(out / "train_log.csv")["images_per_s"].iloc[1])
+    second = pd.read_csv(out / "train_log.csv").iloc[1]
+    return int(round(second["images_per_s"] * second["seconds"])), float(second["seconds"])
+
+
+def measure_all(args, device, tmp: Path, budget=None) -> tuple[dict[str, tuple[int, float]], pd.DataFrame]:
+    """The four measurements: {name: (images, seconds) of epoch 2}, and the JPEGs' (path, label) table.
+
+    ``budget`` (bench/all.py) is asked before each measurement whether it still
+    fits: ``budget(name, seconds_guess)`` returns False to skip it.
+    """
+    n = args.steps * args.batch_size
+    pin = device.type == "cuda"
+    results = {}
+
+    def run(name: str, measure) -> None:
+        # Two epochs of the last measurement, with a margin for start-up.
+        guess = 3 * max((s for _, s in results.values()), default=0.0)
+        if budget is None or budget(name, guess):
+            results[name] = measure()
+
+    synthetic = Synthetic(n, args.image_size)
+    run("baseline, synthetic", lambda: plain_loop(args, device, DataLoader(synthetic, batch_size=args.batch_size, shuffle=True, pin_memory=pin)))
+    index = pd.DataFrame({"path": ["-"] * n, "label": np.arange(n) % CLASSES})
+    run("contam, synthetic", lambda: ours(args, device, index, synthetic, tmp / "ours-synthetic"))
+    side = int(round(args.image_size * 8 / 7))
+    manifest = make_jpegs(tmp / "images", n, CLASSES, side)
+    transform = train_transform(args.image_size, {})
+
+    def baseline_files():
+        folder = DataLoader(
+            ImageFolder(tmp / "images", transform=transform), batch_size=args.batch_size, shuffle=True,
+            num_workers=args.workers, pin_memory=pin, persistent_workers=args.workers > 0,
+        )
+        return plain_loop(args, device, folder)
+
+    run("baseline, files", baseline_files)
+    run("contam, files", lambda: ours(args, device, manifest, None, tmp / "ours-files"))
+    return results, manifest
 
 
 def main() -> None:
@@ -116,25 +154,10 @@ def main() -> None:
     device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    n = args.steps * args.batch_size
     print(f"{args.arch} at {args.image_size} px, batch {args.batch_size}, {args.steps} steps/epoch, {args.precision}, {device}, {args.workers} workers, {torch.get_num_threads()} threads")
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        synthetic = Synthetic(n, args.image_size)
-        pin = device.type == "cuda"
-        results["baseline, synthetic"] = plain_loop(args, device, DataLoader(synthetic, batch_size=args.batch_size, shuffle=True, pin_memory=pin))
-        index = pd.DataFrame({"path": ["-"] * n, "label": np.arange(n) % CLASSES})
-        results["contam, synthetic"] = ours(args, device, index, synthetic, tmp / "ours-synthetic")
-        side = int(round(args.image_size * 8 / 7))
-        manifest = make_jpegs(tmp / "images", n, CLASSES, side)
-        transform = train_transform(args.image_size, {})
-        folder = DataLoader(
-            ImageFolder(tmp / "images", transform=transform), batch_size=args.batch_size, shuffle=True,
-            num_workers=args.workers, pin_memory=pin, persistent_workers=args.workers > 0,
-        )
-        results["baseline, files"] = plain_loop(args, device, folder)
-        results["contam, files"] = ours(args, device, manifest, None, tmp / "ours-files")
+        timed, _ = measure_all(args, device, Path(tmp))
+    results = {name: images / seconds for name, (images, seconds) in timed.items()}
     print(flush=True)
     for name, value in results.items():
         print(f"{name:22s} {value:9.1f} images/s")

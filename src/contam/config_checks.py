@@ -56,6 +56,8 @@ def check_semantics(config: dict) -> None:
     elif "generative" in config:
         problems.append("generative: this section is read only with task: generative")
     _check_generators(config, problems)
+    _check_prepare(config, problems)
+    _check_decode(config, problems)
     _check_results_dir(config, problems)
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
@@ -214,6 +216,33 @@ def _check_generators(config: dict, problems: list[str]) -> None:
                     problems.append(f"{key}.{bad}: only for control sources")
 
 
+
+
+def _check_prepare(config: dict, problems: list[str]) -> None:
+    """Cached copies feed the classification study's loaders, and must not be upscaled by them."""
+    prepare = config.get("prepare", {})
+    if not prepare.get("enabled", False):
+        return
+    if config.get("task", "classification") != "classification":
+        problems.append(f"prepare.enabled: cached copies feed the classification study's train and evaluate jobs; task {config['task']} does not read them")
+        return
+    side = int(prepare.get("short_side", 256))
+    crop_ratio = float(config.get("evaluation", {}).get("crop_ratio", 0.875))
+    for name, model in config["models"].items():
+        resize = int(round(model["image_size"] / crop_ratio))
+        if side < resize:
+            problems.append(f"prepare.short_side: {side} is below models.{name}'s evaluation resize {resize} (image_size / evaluation.crop_ratio); its test images would be upscaled from the copies")
+
+
+def _check_decode(config: dict, problems: list[str]) -> None:
+    """GPU decoding on a job pinned to the CPU is a contradiction known at parse time.
+
+    Whether a job's machine has CUDA is known only when it starts (a cluster's
+    login node has no GPU): contam.models.decode_device fails there, naming the key.
+    """
+    execution = config.get("execution", {})
+    if execution.get("decode", "cpu") == "cuda" and execution.get("device", "auto") in ("cpu", "mps"):
+        problems.append(f"execution.decode: cuda decodes on the job's GPU, but execution.device is {execution['device']}")
 
 
 def _check_results_dir(config: dict, problems: list[str]) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from contam.io import write_json
-from contam.models import ManifestDataset, create_model, eval_transform
+from contam.models import ManifestDataset, create_model, decode_device, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ def load_classifier(weights: str | Path, model_config: dict, num_classes: int, d
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, index: pd.DataFrame, image_size: int, crop_ratio: float, device: torch.device, batch_size: int, num_workers: int) -> np.ndarray:
-    loader = DataLoader(ManifestDataset(index, eval_transform(image_size, crop_ratio)), batch_size=batch_size, num_workers=num_workers)
+def predict(model: torch.nn.Module, index: pd.DataFrame, image_size: int, crop_ratio: float, device: torch.device, batch_size: int, num_workers: int, decode: str = "cpu") -> np.ndarray:
+    dataset = ManifestDataset(index, eval_transform(image_size, crop_ratio), decode=decode_device(decode, torch.device(device)))
+    workers = dataset.loader_options(num_workers, pin_memory=False)["num_workers"]
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     chunks = [model(images.to(device)).float().cpu() for images, _ in tqdm(loader, desc="evaluate", mininterval=10)]
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
 
@@ -56,10 +58,10 @@ def accuracy(logits: np.ndarray, labels: np.ndarray, num_classes: int, classes: 
     return {"n": int(len(labels)), "top1": float(top1.mean()), "top5": float(top5.mean()), "per_class_top1": per_class}
 
 
-def evaluate_sets(model, model_config: dict, sets: dict[str, pd.DataFrame], num_classes: int, crop_ratio: float, device, batch_size: int, num_workers: int, restrict: set[str]) -> dict:
+def evaluate_sets(model, model_config: dict, sets: dict[str, pd.DataFrame], num_classes: int, crop_ratio: float, device, batch_size: int, num_workers: int, restrict: set[str], decode: str = "cpu") -> dict:
     results = {}
     for name, index in sets.items():
-        logits = predict(model, index, model_config["image_size"], crop_ratio, device, batch_size, num_workers)
+        logits = predict(model, index, model_config["image_size"], crop_ratio, device, batch_size, num_workers, decode)
         labels = index["label"].to_numpy(np.int64)
         classes = np.unique(labels) if name in restrict else None
         results[name] = accuracy(logits, labels, num_classes, classes)

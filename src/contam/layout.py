@@ -87,6 +87,32 @@ def generated_counts(out: str, source: str) -> str:
     return f"{out}/generated/{source}.json"
 
 
+# ---- cached copies (prepare.enabled) ------------------------------------------
+#
+# A collection is the images of one index: "real", a generated or folder control
+# source, or an OOD set as "ood-<name>" (source names have no "-", so the two
+# never collide).
+def ood_collection(name: str) -> str:
+    return f"ood-{name}"
+
+
+def cached_root(out: str, collection: str) -> str:
+    return f"{out}/cached/{collection}"
+
+
+def cached_records(out: str, collection: str) -> str:
+    """One row per image: its original and cached path, sizes, format, quality, bytes."""
+    return f"{cached_root(out, collection)}/records.parquet"
+
+
+def cached_counts(out: str, collection: str) -> str:
+    return f"{cached_root(out, collection)}/counts.json"
+
+
+def cached_images(out: str, collection: str, settings_id: str) -> str:
+    return f"{cached_root(out, collection)}/images-{settings_id}"
+
+
 def manifest(out: str, source: str, ratio: str) -> str:
     return f"{out}/manifests/{source}/ratio-{ratio}.parquet"
 
@@ -179,6 +205,7 @@ JOB_NAMES = {
     "fit_generator": "{generator}",
     "generate_shard": "{generated_source}/shard-{shard}",
     "gather_generated": "{generated_source}",
+    "prepare_cached_copies": "{collection}",
     "mix": "{source}/ratio-{ratio}",
     "train": "{source}/ratio-{ratio}/{model}/seed-{seed}",
     "evaluate": "{source}/ratio-{ratio}/{model}/seed-{seed}",
@@ -189,6 +216,7 @@ JOB_NAMES = {
     "score_reference_floor": "",
     "report_generative": "",
     "report": "",
+    "plan_costs": "",
 }
 
 

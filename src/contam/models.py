@@ -42,8 +42,39 @@ def eval_transform(image_size: int, crop_ratio: float = 0.875) -> v2.Compose:
     )
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_tensor(path: str, device: torch.device) -> torch.Tensor:
+    """An image as a 3xHxW uint8 RGB tensor on ``device``, decoded by torchvision.
+
+    JPEGs go through ``torchvision.io.decode_jpeg`` on ``device`` (nvJPEG on a
+    CUDA device, libjpeg-turbo on the CPU); anything else (the PNGs a generator
+    writes, a PNG named .JPEG) and any JPEG that decoder refuses (CMYK, a few
+    truncated files) take the defensive PIL path and are moved to ``device``.
+    The pixels may differ from PIL's by rounding of the inverse DCT only.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    data = read_file(str(path))
+    if bytes(data[:3].tolist()) == JPEG_MAGIC:
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            pass
+    array = np.asarray(load_rgb(path))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().to(device)
+
+
 class ManifestDataset(Dataset):
     """Images listed in a manifest or index (``path``, ``label``), decoded with PIL.
+
+    ``decode`` None (execution.decode: cpu) decodes with PIL, as always; a
+    device (execution.decode: cuda gives the job's GPU) decodes with
+    ``decode_tensor`` on it, and the transform then runs on that device too, so
+    items come back as tensors already there. A loader over a CUDA-decoding
+    dataset must have no workers (CUDA does not survive a fork) and no pinned
+    memory; ``loader_options`` says so.
 
     An item key is an index, or ``(index, seed)``: then the random transform
     draws from a generator seeded with ``seed`` alone (the global RNG of the
@@ -52,22 +83,58 @@ class ManifestDataset(Dataset):
     any rank and after any resume; ``num_workers`` never changes results.
     """
 
-    def __init__(self, table: pd.DataFrame, transform):
+    def __init__(self, table: pd.DataFrame, transform, decode: str | torch.device | None = None):
         self.paths = table["path"].astype(str).to_numpy()
         self.labels = table["label"].to_numpy(np.int64)
         self.transform = transform
+        self.decode = torch.device(decode) if decode is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def load(self, i: int):
+        if self.decode is None:
+            return load_rgb(self.paths[i])
+        return decode_tensor(self.paths[i], self.decode)
+
+    def loader_options(self, num_workers: int, pin_memory: bool) -> dict:
+        """DataLoader workers and pinning that work with where this dataset decodes."""
+        if self.decode is not None and self.decode.type == "cuda":
+            return {"num_workers": 0, "pin_memory": False}
+        return {"num_workers": num_workers, "pin_memory": pin_memory}
+
     def __getitem__(self, key):
         if isinstance(key, tuple):
             i, seed = key
-            image = load_rgb(self.paths[i])
+            image = self.load(i)
+            # The random draws of the transforms are CPU draws, also when the
+            # pixels are on a GPU: the crop of an image depends on its seed only.
             with torch.random.fork_rng(devices=[]):
                 torch.random.default_generator.manual_seed(int(seed))
                 return self.transform(image), self.labels[i]
-        return self.transform(load_rgb(self.paths[key])), self.labels[key]
+        return self.transform(self.load(key)), self.labels[key]
+
+
+DECODES = ("cpu", "cuda")
+
+
+def decode_device(setting: str, device: torch.device) -> torch.device | None:
+    """ManifestDataset's ``decode`` for ``execution.decode`` in a job running on ``device``.
+
+    ``cpu`` keeps PIL; ``cuda`` decodes on the job's own GPU, and fails at job
+    start, naming the key, when the job has none.
+    """
+    if setting not in DECODES:
+        raise ValueError(f"execution.decode: expected one of {DECODES}, got {setting!r}")
+    if setting == "cpu":
+        return None
+    if device.type != "cuda":
+        raise RuntimeError(
+            f"execution.decode: cuda decodes JPEGs on the job's GPU, but this job runs on {device} "
+            f"(torch sees {'a' if torch.cuda.is_available() else 'no'} CUDA device); set execution.decode: cpu, "
+            "or give the job a GPU (resources.<rule>.gpu, execution.device)"
+        )
+    return device
 
 
 def shard_order(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from contam.devices import DTYPES, deterministic
 from contam.io import atomic_path
 from contam.logs import Throughput
-from contam.models import EpochSampler, ManifestDataset, create_model, train_transform
+from contam.models import EpochSampler, ManifestDataset, create_model, decode_device, train_transform
 
 log = logging.getLogger(__name__)
 
@@ -367,13 +367,18 @@ def make_trainer(
     # One DataLoader for the whole run: its workers (if any) persist across
     # epochs; set_epoch moves its sampler on. Its own generator keeps loader
     # creation from drawing on the global RNG.
+    # A dataset that decodes on the GPU (execution.decode: cuda) needs no workers and no pinning.
+    options = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
+    if hasattr(dataset, "loader_options"):
+        options = dataset.loader_options(**options)
+    num_workers = options["num_workers"]
     loader = DataLoader(
         dataset,
         batch_size=int(recipe["batch_size"]),
         sampler=sampler,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
-        pin_memory=device.type == "cuda",
+        pin_memory=options["pin_memory"],
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
@@ -411,6 +416,7 @@ def train(
     stop_after_steps: int | None = None,
     dataset: Dataset | None = None,
     processes: int = 1,
+    decode: str = "cpu",
 ) -> dict:
     """Train, resuming from ``out_dir/checkpoint.pt`` when it matches ``fingerprint``.
 
@@ -419,7 +425,9 @@ def train(
     ``dataset`` (for benchmarks) replaces the images of ``manifest``; its items
     are looked up with ``(index, augmentation seed)`` keys. ``processes`` is the
     number of training processes the run is meant for; under a multi-process
-    launch (``accelerate launch``) the device is the process's own.
+    launch (``accelerate launch``) the device is the process's own. ``decode``
+    is execution.decode: ``cuda`` decodes JPEGs on that device (see
+    ``contam.models.decode_device``).
     """
     with deterministic(bool(recipe.get("deterministic", False))):
         procs = Processes(device, processes)
@@ -430,7 +438,8 @@ def train(
         random.seed(seed)
         np.random.seed(seed % 2**32)
         if dataset is None:
-            dataset = ManifestDataset(manifest, train_transform(model_config["image_size"], recipe.get("augment", {})))
+            transform = train_transform(model_config["image_size"], recipe.get("augment", {}))
+            dataset = ManifestDataset(manifest, transform, decode=decode_device(decode, procs.device))
         sampler = EpochSampler(len(dataset), seed, rank=procs.rank, world_size=procs.world, with_seeds=True)
         state = new_state(model_config, recipe, num_classes, procs.device, steps_per_epoch(sampler.per_rank, int(recipe["batch_size"])))
         state.load(checkpoint, fingerprint, procs)

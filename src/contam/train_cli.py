@@ -114,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     try:
+        manifest = read_parquet(job["manifest"])
+        if job.get("cached"):
+            # prepare.enabled: read the cached copies (see contam.prepare).
+            from contam.prepare import cached_paths
+
+            manifest = cached_paths(manifest, [read_parquet(path) for path in job["cached"]])
         summary = train.train(
-            read_parquet(job["manifest"]),
+            manifest,
             job["model"],
             job["recipe"],
             int(job["num_classes"]),
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             num_workers=int(job.get("num_workers", 0)),
             stop_after_steps=job.get("stop_after_steps"),
             processes=int(job["processes"]),
+            decode=job.get("decode", "cpu"),
         )
     except train.Preempted as stopped:
         logging.getLogger("contam").warning("%s", stopped)

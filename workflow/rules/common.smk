@@ -18,7 +18,7 @@ os.environ.update(
 )
 
 from contam import config as contam_config
-from contam import config_checks, config_paths, generative, identity, layout
+from contam import config_checks, config_paths, generative, identity, layout, prepare
 from contam import resources as contam_resources
 
 # Only the --config values (not config files) need their YAML types back.
@@ -64,6 +64,13 @@ OOD_SETS = sorted(config.get("evaluation", {}).get("ood_sets", {}))
 REPORT = layout.report_dir(OUT)
 GENERATIVE = config.get("task") == "generative"
 LOOP_REGIMES = list(config["generative"]["loop"]["regimes"]) if GENERATIVE else []
+# Cached copies (prepare.enabled): one collection per index whose images train
+# or evaluate read. Manifests keep the original paths; the jobs swap them.
+PREPARE = config.get("prepare", {})
+PREPARE_ON = PREPARE.get("enabled", False)
+PREPARE_SETTINGS = prepare.Settings.from_config(PREPARE)
+OOD_COLLECTIONS = {layout.ood_collection(name): name for name in OOD_SETS}
+COLLECTIONS = [BASELINE, *GENERATED, *FOLDER_CONTROLS, *OOD_COLLECTIONS]
 
 
 def log_of(rule_name):
@@ -94,6 +101,7 @@ wildcard_constraints:
     generation=r"\d+",
     seed=r"\d+",
     shard=r"\d+",
+    collection=_alternatives(COLLECTIONS),
 
 
 onstart:
@@ -165,6 +173,38 @@ def image_index(name):
     if name in FOLDER_CONTROLS:
         return layout.control_index(OUT, name)
     return real_index()
+
+
+def collection_of(source):
+    """The collection that holds a source's images: its own, or the real index's."""
+    return source if source in GENERATED or source in FOLDER_CONTROLS else BASELINE
+
+
+def collection_index(wildcards):
+    """The index whose images a prepare_cached_copies job copies."""
+    name = wildcards.collection
+    if name in OOD_COLLECTIONS:
+        return layout.ood_index(OUT, OOD_COLLECTIONS[name])
+    return image_index(name)
+
+
+def cached_images(wildcards):
+    return layout.cached_images(OUT, wildcards.collection, PREPARE_SETTINGS.id)
+
+
+def cached_records_of(collections):
+    """With prepare.enabled, the records that map these collections' images to their copies."""
+    if not PREPARE_ON:
+        return []
+    return [layout.cached_records(OUT, name) for name in collections]
+
+
+def train_cached_records(wildcards):
+    return cached_records_of(sorted({BASELINE, collection_of(wildcards.source)}))
+
+
+def evaluate_cached_records(wildcards=None):
+    return cached_records_of([BASELINE, *OOD_COLLECTIONS])
 
 
 def manifest_of(wildcards):
@@ -511,3 +551,22 @@ def mem_of(rule_name):
         return contam_resources.mem_mb(config, rule_name, attempt)
 
     return mem_mb
+
+
+# ---- the ledger of measured jobs ---------------------------------------------
+
+
+def gather_into_ledger():
+    """Add this run's benchmark files to the ledger that contam.plan is fitted on."""
+    from snakemake.logging import logger
+
+    from contam import plan as contam_plan
+
+    ledger_dir = config["plan"]["ledger_dir"]
+    try:
+        added = contam_plan.gather(config, BENCH, ledger_dir, log_root=LOGS)
+    except Exception as error:  # the run succeeded: a ledger problem only warns
+        logger.warning(f"ledger {ledger_dir} not updated: {error}")
+        return
+    if added:
+        logger.info(f"ledger {ledger_dir}: {sum(added.values())} new measured job(s)")

@@ -3,6 +3,8 @@ rule build_prompts:
         layout.prompts(OUT, "{generated_source}"),
     log:
         log_of("build_prompts"),
+    benchmark:
+        benchmark_of("build_prompts")
     conda:
         "../../envs/generate.yaml"
     params:
@@ -73,6 +75,8 @@ rule gather_generated:
         counts=layout.generated_counts(OUT, "{generated_source}"),
     log:
         log_of("gather_generated"),
+    benchmark:
+        benchmark_of("gather_generated")
     conda:
         "../../envs/generate.yaml"
     script:

@@ -9,6 +9,8 @@ rule build_loop_manifest:
         layout.loop_manifest(OUT, "{regime}", "{generation}", "{seed}"),
     log:
         log_of("build_loop_manifest"),
+    benchmark:
+        benchmark_of("build_loop_manifest")
     conda:
         "../../envs/train.yaml"
     params:
@@ -60,6 +62,8 @@ rule score_reference_floor:
         layout.generative_floor(OUT),
     log:
         log_of("score_reference_floor"),
+    benchmark:
+        benchmark_of("score_reference_floor")
     conda:
         "../../envs/evaluate.yaml"
     params:
@@ -84,6 +88,8 @@ rule report_generative:
         ),
     log:
         log_of("report_generative"),
+    benchmark:
+        benchmark_of("report_generative")
     conda:
         "../../envs/report.yaml"
     params:

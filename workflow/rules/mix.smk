@@ -6,6 +6,8 @@ rule mix:
         layout.manifest(OUT, "{source}", "{ratio}"),
     log:
         log_of("mix"),
+    benchmark:
+        benchmark_of("mix")
     conda:
         "../../envs/train.yaml"
     params:

@@ -19,6 +19,8 @@ rule report:
         ),
     log:
         log_of("report"),
+    benchmark:
+        benchmark_of("report")
     conda:
         "../../envs/report.yaml"
     params:

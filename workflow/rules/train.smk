@@ -2,6 +2,7 @@ rule train:
     input:
         manifest=manifest_of,
         indexes=manifest_indexes,
+        cached=train_cached_records,
     output:
         weights=layout.weights(OUT, "{source}", "{ratio}", "{model}", "{seed}"),
         history=layout.train_log(OUT, "{source}", "{ratio}", "{model}", "{seed}"),
@@ -30,6 +31,7 @@ rule evaluate:
         manifest=manifest_of,
         real=real_index,
         ood=ood_indexes,
+        cached=evaluate_cached_records,
     output:
         layout.metrics(OUT, "{source}", "{ratio}", "{model}", "{seed}"),
     log:

@@ -2,7 +2,7 @@
 
 import sys
 
-from contam import identity, logs, train, train_cli
+from contam import identity, logs, prepare, train, train_cli
 from contam.devices import describe, pick_device
 from contam.io import read_parquet
 
@@ -10,7 +10,9 @@ sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
 execution = sm.config["execution"]
-fingerprint = identity.run_fingerprint(settings, sm.input.manifest, list(sm.input.indexes))
+# prepare.enabled: the cached copies' records are inputs too (their folder names the settings).
+cached = list(sm.input.cached)
+fingerprint = identity.run_fingerprint(settings, sm.input.manifest, list(sm.input.indexes) + cached)
 out_dir = str(sm.output.weights).rsplit("/", 1)[0]
 device = pick_device(execution["device"], gpus=sm.resources.get("gpu", 0), allow_cpu_fallback=execution["allow_cpu_fallback"])
 log.info("device: %s; %d training process(es)", describe(device), settings["processes"])
@@ -23,6 +25,8 @@ job = {
     "fingerprint": fingerprint,
     "num_workers": execution["num_workers"],
     "processes": settings["processes"],
+    "decode": execution["decode"],
+    "cached": cached,
 }
 if settings["processes"] > 1:
     # One process per GPU of this node, through accelerate.
@@ -32,8 +36,12 @@ if settings["processes"] > 1:
         sys.exit(f"training on {settings['processes']} processes failed or was preempted (exit status {rc}); see {sm.log[0]}")
     log.info("trained on %d processes", settings["processes"])
 else:
+    manifest = read_parquet(sm.input.manifest)
+    if cached:
+        manifest = prepare.cached_paths(manifest, [read_parquet(path) for path in cached])
+        log.info("reading the cached copies (prepare.enabled)")
     summary = train.train(
-        read_parquet(sm.input.manifest),
+        manifest,
         settings["model"],
         settings["recipe"],
         settings["num_classes"],
@@ -43,5 +51,6 @@ else:
         device=device,
         num_workers=execution["num_workers"],
         processes=settings["processes"],
+        decode=execution["decode"],
     )
     log.info("trained: %s", summary)
