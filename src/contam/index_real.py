@@ -66,14 +66,18 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return out
 
 
+def digits_splits(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """The split of each bundled digit (``stratified_split`` in the fixed order of DIGIT_SPLITS)."""
+    # A fixed order of splits: the same shares give the same split whatever order the config lists them in.
+    return stratified_split(labels, {name: fractions[name] for name in DIGIT_SPLITS if name in fractions}, seed)
+
+
 def export_digits(out_dir: str | os.PathLike, image_size: int, fractions: dict[str, float], seed: int) -> pd.DataFrame:
     """Write the 1,797 digits as RGB PNGs and return their index."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    # A fixed order of splits: the same shares give the same split whatever order the config lists them in.
-    fractions = {name: fractions[name] for name in DIGIT_SPLITS if name in fractions}
-    splits = stratified_split(digits.target, fractions, seed)
+    splits = digits_splits(digits.target, fractions, seed)
     rows = []
     for i, (pixels, label, split) in enumerate(tqdm(list(zip(digits.images, digits.target, splits)), desc="digits", mininterval=2)):
         gray = Image.fromarray((pixels * (255.0 / 16.0)).round().astype(np.uint8))

@@ -162,15 +162,10 @@ class Sizes:
         elif real["kind"] == "digits":
             from sklearn.datasets import load_digits
 
-            # The stratified split rounds per class; its counts do not depend on the seed.
-            _, per_class = np.unique(load_digits().target, return_counts=True)
-            fractions = real["split_fractions"]
-            counts: dict[str, int] = defaultdict(int)
-            for n in per_class:
-                bounds = np.round(np.cumsum(list(fractions.values())) * n).astype(int)
-                for name, size in zip(fractions, np.diff(np.concatenate([[0], bounds]))):
-                    counts[name] += int(size)
-            self._real = dict(counts)
+            from contam.index_real import digits_splits
+
+            splits = digits_splits(load_digits().target, real["split_fractions"], self.config["seed"])
+            self._real = pd.Series(splits).value_counts().to_dict()
         else:
             given = self.plan_sizes.get("real") or {}
             if "train" not in given:
@@ -228,11 +223,10 @@ def _generator_settings(config: dict, name: str) -> dict:
             "stored": spec.get("storage_size")}
 
 
-def _model_settings(config: dict, model: str) -> tuple[float, int, dict]:
+def _model_size(config: dict, model: str) -> tuple[float, int]:
+    """GMACs per image and parameters of a study's model (3-channel input, the study's classes)."""
     spec = config["models"][model]
-    in_chans = 3
-    gmacs, params = work.model_size(spec["arch"], int(spec["image_size"]), contam_config.num_classes(config), in_chans)
-    return gmacs, params, spec
+    return work.model_size(spec["arch"], int(spec["image_size"]), contam_config.num_classes(config))
 
 
 def size_job(job: Job, config: dict, sizes: Sizes) -> Sized:
@@ -282,7 +276,7 @@ def size_job(job: Job, config: dict, sizes: Sizes) -> Sized:
         n = sizes.train_rows()
         return Sized(n, "row", {}, n * BYTES_PER_ROW)
     if rule in ("train", "evaluate"):
-        gmacs, params, spec = _model_settings(config, w["model"])
+        gmacs, params = _model_size(config, w["model"])
         recipe = contam_config.training_recipe(config, w["model"])
         if rule == "train":
             settings = {"precision": recipe.get("precision"), "channels_last": recipe.get("channels_last"), "batch_size": recipe.get("batch_size"),
@@ -303,7 +297,7 @@ def size_job(job: Job, config: dict, sizes: Sizes) -> Sized:
             gmacs = work.model_gmacs("inception_v3", 299)
             dim = 2048
         else:
-            gmacs, _, _ = _model_settings(config, analysis.get("classifier") or next(iter(config["models"])))
+            gmacs, _ = _model_size(config, analysis.get("classifier") or next(iter(config["models"])))
             dim = 512
         return Sized(work.inference(images, gmacs), "image_gmac", {"loader": "files", "loop": "contam"}, images * dim * 4)
     if rule == "compare_distributions":
@@ -482,7 +476,7 @@ def makespan(jobs: list[Job], seconds: dict[int, float], gpus: int, cpus: int) -
         for d in j.deps:
             children[d].append(j.id)
     tail: dict[int, float] = {}
-    for jid in reversed(_topological(jobs)):
+    for jid in reversed(_topological(jobs, children)):
         tail[jid] = seconds[jid] + max((tail[c] for c in children[jid]), default=0.0)
     waiting = {j.id: len(j.deps) for j in jobs}
     queues: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
@@ -520,21 +514,14 @@ def makespan(jobs: list[Job], seconds: dict[int, float], gpus: int, cpus: int) -
     return now
 
 
-def _topological(jobs: list[Job]) -> list[int]:
+def _topological(jobs: list[Job], children: dict[int, list[int]]) -> list[int]:
     indegree = {j.id: len(j.deps) for j in jobs}
-    children: dict[int, list[int]] = defaultdict(list)
-    for j in jobs:
-        for d in j.deps:
-            children[d].append(j.id)
-    queue = sorted(jid for jid, d in indegree.items() if d == 0)
-    order = []
-    while queue:
-        jid = queue.pop(0)
-        order.append(jid)
+    order = sorted(jid for jid, d in indegree.items() if d == 0)
+    for jid in order:  # grows as it goes: Kahn's algorithm
         for c in children[jid]:
             indegree[c] -= 1
             if indegree[c] == 0:
-                queue.append(c)
+                order.append(c)
     return order
 
 
@@ -601,27 +588,23 @@ def make_plan(
             "basis": cost.basis, "source": cost.source,
         })
     table = pd.DataFrame(records)
-    rules = _per_rule(table)
-    seconds = dict(zip(table["id"], table["seconds"]))
     span = {name: makespan(jobs, dict(zip(table["id"], table[column])), gpus, cpus)
             for name, column in (("mid", "seconds"), ("low", "seconds_low"), ("high", "seconds_high"))}
-    gpu_s = table.loc[table["gpus"] > 0]
-    cpu_rows = table
+    on_gpu = table.loc[table["gpus"] > 0]
     totals = {
         "jobs": len(table),
         # Errors within a rule share the rule's fit, so its jobs' bounds add up;
         # the total adds the rules' bounds too (no averaging-out is assumed).
-        "gpu_hours": _hours(gpu_s, "seconds", weight="gpus"), "gpu_hours_low": _hours(gpu_s, "seconds_low", weight="gpus"),
-        "gpu_hours_high": _hours(gpu_s, "seconds_high", weight="gpus"),
-        "cpu_hours": _hours(cpu_rows, "seconds", weight="threads"), "cpu_hours_low": _hours(cpu_rows, "seconds_low", weight="threads"),
-        "cpu_hours_high": _hours(cpu_rows, "seconds_high", weight="threads"),
+        "gpu_hours": _hours(on_gpu, "seconds", weight="gpus"), "gpu_hours_low": _hours(on_gpu, "seconds_low", weight="gpus"),
+        "gpu_hours_high": _hours(on_gpu, "seconds_high", weight="gpus"),
+        "cpu_hours": _hours(table, "seconds", weight="threads"), "cpu_hours_low": _hours(table, "seconds_low", weight="threads"),
+        "cpu_hours_high": _hours(table, "seconds_high", weight="threads"),
         "disk_gb": float(table["disk_bytes"].sum() / 1e9),
         "makespan_hours": span["mid"] / 3600, "makespan_hours_low": span["low"] / 3600, "makespan_hours_high": span["high"] / 3600,
         "rules_on_priors": sorted(set(table.loc[table["basis"].str.startswith("prior"), "rule"])),
         "rules_without_data": sorted(set(table.loc[table["basis"] == "start-up only", "rule"])),
     }
-    assert len(seconds) == len(jobs)
-    return Plan(config["experiment"], gpus, cpus, gpu_kind, cpu_kind, level, quantile, table, rules, totals, suggest_resources(table, config))
+    return Plan(config["experiment"], gpus, cpus, gpu_kind, cpu_kind, level, quantile, table, _per_rule(table), totals, suggest_resources(table))
 
 
 def _hours(table: pd.DataFrame, column: str, weight: str) -> float:
@@ -642,11 +625,10 @@ def _per_rule(table: pd.DataFrame) -> pd.DataFrame:
             "peak_mem_mb": float(group["peak_mem_mb"].max()) if group["peak_mem_mb"].notna().any() else np.nan,
             "disk_gb": float(group["disk_bytes"].sum() / 1e9), "basis": group["basis"].iloc[0], "source": group["source"].iloc[0],
         })
-    order = {rule: i for i, rule in enumerate(table["rule"])}
-    return pd.DataFrame(rows).sort_values("rule", key=lambda s: s.map(order)).reset_index(drop=True)
+    return pd.DataFrame(rows)  # in the order rules first appear (groupby sort=False)
 
 
-def suggest_resources(table: pd.DataFrame, config: dict) -> dict:
+def suggest_resources(table: pd.DataFrame) -> dict:
     """Per rule: ``runtime`` (minutes) that the slowest job meets at the quantile,
     and ``mem_mb`` at 1.25x the measured peak (the configured value where nothing was measured)."""
     suggestions = {}

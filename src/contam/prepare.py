@@ -46,9 +46,11 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image
+from tqdm import tqdm
 
 from contam.images import DECODE_ERRORS, load_rgb
 from contam.io import atomic_path, stable_hash
+from contam.logs import Throughput
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +163,13 @@ def prepare_index(index: pd.DataFrame, images_dir: str | os.PathLike, settings: 
         except DECODE_ERRORS as error:
             return f"{type(error).__name__}: {error}", None
 
+    meter = Throughput()
     with ThreadPoolExecutor(max(1, int(workers))) as pool:
-        results = list(pool.map(one, zip(paths, targets)))
+        results = []
+        for result in tqdm(pool.map(one, zip(paths, targets)), total=len(paths), desc="cached copies", mininterval=10):
+            results.append(result)
+            meter.add(1)
+    log.info("cached copies: %s images", meter)
     records = [record for record, written in results if written is not None]
     skipped = [(path, why) for path, (why, written) in zip(paths, results) if written is None]
     for path, why in skipped[:20]:
