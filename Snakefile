@@ -22,6 +22,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/generative.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/plan.smk"
+include: "workflow/rules/remedies.smk"
 
 
 localrules:
@@ -35,6 +36,10 @@ localrules:
     score_reference_floor,
     report_generative,
     plan_costs,
+    build_detector_prompts,
+    build_detector_data,
+    filter_manifest,
+    summarise_remedies,
 
 
 rule all:

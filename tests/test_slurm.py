@@ -151,6 +151,8 @@ def study(cluster, tmp_path_factory):
     config = tiny_config(copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
     config["resources"]["train"]["gpu"] = 1  # a GPU rule: sbatch --gpus=1 on the fake GPUs
     config["execution"]["allow_cpu_fallback"] = True  # torch finds no CUDA behind them
+    # The distribution analysis's jobs are like any other on SLURM; test_workflow.py checks them.
+    config["analysis"]["enabled"] = False
     config_path = write_yaml(root / "tiny.yaml", config)
     plan = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", str(config_path), cwd=root, env=cluster).stdout)
     start = time.perf_counter()
@@ -220,8 +222,8 @@ def test_outputs_match_a_local_run(study, request):
     out = study["root"] / "results" / "tiny"
     assert len(sorted(out.glob("runs/*/ratio-*/*/seed-*"))) == study["plan"]["train"] == 3  # real-only, and each arm at 0.5
     local_root, local_path = request.getfixturevalue("tiny_study")  # only once SLURM is known to be there
-    how_jobs_run = ("resources", "execution")
-    local_config, cluster_config = ({k: v for k, v in yaml.safe_load(p.read_text()).items() if k not in how_jobs_run} for p in (local_path, study["config"]))
+    not_compared = ("resources", "execution", "analysis")  # how jobs run, and what the SLURM study leaves out
+    local_config, cluster_config = ({k: v for k, v in yaml.safe_load(p.read_text()).items() if k not in not_compared} for p in (local_path, study["config"]))
     assert local_config == cluster_config
     runs = ["results/tiny/runs/real/ratio-0.0/resnet10t/seed-0/metrics.json", "results/tiny/runs/control/ratio-0.5/resnet10t/seed-0/metrics.json"]
     targets = ["results/tiny/real/index.parquet", "results/tiny/manifests/control/ratio-0.5.parquet", "results/tiny/manifests/real/ratio-0.0.parquet"]
@@ -234,25 +236,17 @@ def test_outputs_match_a_local_run(study, request):
         assert local["test"]["top1"] > 0.2, target  # better than chance (0.1) by a margin
 
 
-def test_partial_rerun_submits_only_that_runs_jobs(study, cluster):
-    root, config = study["root"], study["config"]
-    shutil.rmtree(root / "results" / "tiny" / RUN, ignore_errors=True)
-    plan = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=root, env=cluster).stdout)
-    assert {rule: n for rule, n in plan.items() if rule in NON_LOCAL} == {"train": 1, "evaluate": 1}
-    rerun = invocation(snakemake(*CLUSTER_ARGS, "--configfile", str(config), cwd=root, env=cluster), cluster)
-    assert sorted(r["Comment"] for r in rerun["records"]) == [
-        "rule_evaluate_wildcards_generated_0.5_resnet10t_0",
-        "rule_train_wildcards_generated_0.5_resnet10t_0",
-    ]
-    assert all(r["State"] == "COMPLETED" for r in rerun["records"])
-    assert (root / "results" / "tiny" / RUN / "metrics.json").exists()
+def test_partial_rerun_and_scancel(study, cluster):
+    """One run removed: only its jobs are planned, and only its job is submitted; killed from outside
+    (scancel, like a preemption) it fails and --retries resubmits it, bigger.
 
-
-def test_scancel_is_an_error_and_retried(study, cluster):
-    """A job killed from outside (scancel, like a preemption) fails and --retries resubmits it, bigger."""
+    One submission checks both (a second SLURM round trip cost ~90 s of the suite).
+    """
     root, config = study["root"], study["config"]
     run_dir = root / "results" / "tiny" / RUN
     shutil.rmtree(run_dir, ignore_errors=True)
+    plan = job_counts(snakemake("-n", "--quiet", "rules", "--configfile", str(config), cwd=root, env=cluster).stdout)
+    assert {rule: n for rule, n in plan.items() if rule in NON_LOCAL} == {"train": 1, "evaluate": 1}
     target = f"results/tiny/{RUN}/model.safetensors"
     args = [*SNAKEMAKE, target, *CLUSTER_ARGS, "--retries", "1", "--configfile", str(config)]
     with (root / "scancel.log").open("w+") as log:
@@ -281,6 +275,8 @@ def test_scancel_is_an_error_and_retried(study, cluster):
     records = sacct(cluster, run_uuid(text), len(sbatch_lines(text)))
     states = [(r["JobID"], r["State"].split()[0], rule_of(r["Comment"])) for r in records]
     assert states == [(job_id, "CANCELLED", "train"), (states[1][0], "COMPLETED", "train")], states
+    # only the removed run's job went to SLURM, both times
+    assert {r["Comment"] for r in records} == {"rule_train_wildcards_generated_0.5_resnet10t_0"}
     # attempt 2 asked for more: runtime and memory grow with the attempt (growth 2.0)
     first, second = sbatch_lines(text)
     assert " -t 30 " in first and " --mem 2000 " in first

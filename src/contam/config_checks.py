@@ -55,6 +55,8 @@ def check_semantics(config: dict) -> None:
         _check_generative(config, problems)
     elif "generative" in config:
         problems.append("generative: this section is read only with task: generative")
+    if config.get("remedies", {}).get("enabled") and config.get("task", "classification") != "classification":
+        problems.append(f"remedies.enabled: the remedies filter and pretrain on the classification study's mixes; task {config['task']} has none")
     _check_generators(config, problems)
     _check_prepare(config, problems)
     _check_decode(config, problems)
@@ -147,6 +149,8 @@ def _check_classification(config: dict, problems: list[str]) -> None:
 
     if config["analysis"]["enabled"]:
         _check_analysis(config, problems)
+    if config["remedies"]["enabled"]:
+        _check_remedies(config, problems)
 
 
 def _check_generative(config: dict, problems: list[str]) -> None:
@@ -274,3 +278,49 @@ def _check_analysis(config: dict, problems: list[str]) -> None:
             problems.append("analysis.feature_extractor: the classifier extractor uses the ratio-0 run; add 0.0 to mixing.ratios or use inception")
     elif "inception_weights" not in analysis:
         problems.append("analysis.inception_weights: required for the inception feature extractor")
+
+
+def _check_remedies(config: dict, problems: list[str]) -> None:
+    """The remedies reuse the study's mixes and runs: their ratios and model must be in it."""
+    remedies = config["remedies"]
+    ratios = {ratio_tag(r) for r in config["mixing"]["ratios"]}
+    model = remedies.get("model")
+    if model is not None and model not in config["models"]:
+        problems.append(f"remedies.model: {model!r} is not a key of models")
+    if ratio_tag(0) not in ratios:
+        problems.append("remedies.enabled: the remedies compare with the clean ratio-0 run; add 0.0 to mixing.ratios")
+    for tag in sorted({ratio_tag(r) for r in remedies["ratios"]} - ratios):
+        problems.append(f"remedies.ratios: {tag} is not in mixing.ratios (filtering compares with the unfiltered run at the same ratio)")
+    if not config["sources"]:
+        problems.append("remedies.enabled: the study has no contaminant source to filter")
+    if not any(src["origin"] == "generated" for src in config["sources"].values()):
+        problems.append("remedies.enabled: the detectors learn real vs generated; the study has no generated source")
+    budgets = [float(b) for b in remedies["fpr_budgets"]]
+    filtering = remedies["filter"]
+    for kind in filtering["detectors"]:
+        if kind not in remedies["detectors"]:
+            problems.append(f"remedies.filter.detectors: {kind!r} is not in remedies.detectors")
+    if filtering["detectors"] and not any(abs(float(filtering["fpr_budget"]) - b) < 1e-12 for b in budgets):
+        problems.append(f"remedies.filter.fpr_budget: {filtering['fpr_budget']:g} is not one of remedies.fpr_budgets")
+    data = remedies["detector_data"]
+    fractions = data["split_fractions"]
+    if sum(fractions.values()) > 1.0 + 1e-6:
+        problems.append(f"remedies.detector_data.split_fractions: the shares must sum to at most 1, got {sum(fractions.values()):g}")
+    split = data["real_split"]
+    real = config["real"]
+    if split == "test":
+        problems.append("remedies.detector_data.real_split: the detectors may never see the test split")
+    elif real["kind"] == "digits" and real["split_fractions"].get(split, 0) <= 0:
+        problems.append(f"remedies.detector_data.real_split: {split!r} is not a split of the digits world with a share > 0 (real.split_fractions)")
+    elif real["kind"] != "digits" and split != "train":
+        problems.append(f"remedies.detector_data.real_split: an image-folder dataset has train and test splits; only train can feed the detectors, got {split!r}")
+    ssl = remedies["ssl"]
+    if ssl["enabled"]:
+        for tag in sorted({ratio_tag(r) for r in ssl["ratios"]} - ratios):
+            problems.append(f"remedies.ssl.ratios: {tag} is not in mixing.ratios (SSL is compared with supervised runs on the same mixes)")
+        if ratio_tag(0) not in {ratio_tag(r) for r in ssl["ratios"]}:
+            problems.append("remedies.ssl.ratios: must include 0.0, the clean mix the drop is measured from")
+        if ssl["arch"] not in known_timm_models():
+            problems.append(f"remedies.ssl.arch: unknown timm model {ssl['arch']!r}")
+    if "cnn" in remedies["detectors"] and remedies["cnn"]["arch"] not in known_timm_models():
+        problems.append(f"remedies.cnn.arch: unknown timm model {remedies['cnn']['arch']!r}")

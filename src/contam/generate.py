@@ -71,6 +71,7 @@ class EmbeddedSampler:
         self.steps = int(sample_config["steps"])
         self.guidance = float(sample_config["guidance"])
         self.eta = float(sample_config["eta"])
+        self.digits_storage = bool(sample_config.get("digits_storage", False))
         self.device = device
         size = self.unet.config.sample_size
         self.image_hw = (size, size)
@@ -92,7 +93,12 @@ class EmbeddedSampler:
             x = self.scheduler.step(eps, t, x, eta=self.eta, generator=generators if self.eta > 0 else None).prev_sample
         images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         # A grey model's images are stored as RGB with equal channels, like the real digits.
-        return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images, [False] * len(batch)
+        images = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+        if self.digits_storage:
+            from contam.index_real import stored_like_a_digit
+
+            images = np.stack([stored_like_a_digit(image) for image in images])
+        return images, [False] * len(batch)
 
 
 SCHEDULERS = {

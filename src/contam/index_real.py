@@ -72,6 +72,30 @@ def digits_splits(labels: np.ndarray, fractions: dict[str, float], seed: int) ->
     return stratified_split(labels, {name: fractions[name] for name in DIGIT_SPLITS if name in fractions}, seed)
 
 
+# scikit-learn's digits: 8x8 images of grey levels 0..16.
+DIGIT_SIDE = 8
+DIGIT_LEVELS = 16
+
+
+def digit_image(levels: np.ndarray, image_size: int) -> Image.Image:
+    """An 8x8 digit of levels 0..16 as this world stores it: grey, upscaled bilinearly, RGB."""
+    gray = Image.fromarray((levels * (255.0 / DIGIT_LEVELS)).round().astype(np.uint8))
+    return gray.resize((image_size, image_size), Image.BILINEAR).convert("RGB")
+
+
+def stored_like_a_digit(image: np.ndarray) -> np.ndarray:
+    """Any HxWx3 uint8 image made the way the real digits are: area-averaged to 8x8 grey,
+    rounded to the 17 levels, and upscaled back by :func:`digit_image`.
+
+    A generated digit stored this way shares the real ones' size, grey channels
+    and value grid (the interpolation of a 17-level 8x8 image), so only its
+    content can tell it apart (remedies' format audit).
+    """
+    grey = Image.fromarray(image.astype(np.float32).mean(axis=-1), mode="F").resize((DIGIT_SIDE, DIGIT_SIDE), Image.BOX)
+    levels = np.clip(np.round(np.asarray(grey) * (DIGIT_LEVELS / 255.0)), 0, DIGIT_LEVELS)
+    return np.asarray(digit_image(levels, image.shape[0]))
+
+
 def export_digits(out_dir: str | os.PathLike, image_size: int, fractions: dict[str, float], seed: int) -> pd.DataFrame:
     """Write the 1,797 digits as RGB PNGs and return their index."""
     from sklearn.datasets import load_digits
@@ -80,8 +104,7 @@ def export_digits(out_dir: str | os.PathLike, image_size: int, fractions: dict[s
     splits = digits_splits(digits.target, fractions, seed)
     rows = []
     for i, (pixels, label, split) in enumerate(tqdm(list(zip(digits.images, digits.target, splits)), desc="digits", mininterval=2)):
-        gray = Image.fromarray((pixels * (255.0 / 16.0)).round().astype(np.uint8))
-        image = gray.resize((image_size, image_size), Image.BILINEAR).convert("RGB")
+        image = digit_image(pixels, image_size)
         path = Path(out_dir) / split / str(int(label)) / f"{i:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")

@@ -37,18 +37,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``frame`` atomically; identical frames give identical bytes."""
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write ``frame`` atomically; identical frames give identical bytes.
+
+    ``metadata`` (JSON-able) is stored under the schema key ``contam``, with
+    sorted keys so it too is byte-stable; :func:`parquet_metadata` reads it.
+    """
     table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
     # pandas' schema metadata records nothing run-specific, but drop it anyway so
     # a file depends only on the column data and types.
-    table = table.replace_schema_metadata(None)
+    table = table.replace_schema_metadata({b"contam": json.dumps(metadata, sort_keys=True, default=str)} if metadata is not None else None)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True)
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
     return pq.read_table(path, columns=columns).to_pandas()
+
+
+def parquet_metadata(path: str | os.PathLike) -> dict | None:
+    """The ``metadata`` a table was written with by :func:`write_parquet`, or None."""
+    stored = (pq.read_schema(path).metadata or {}).get(b"contam")
+    return json.loads(stored) if stored is not None else None
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

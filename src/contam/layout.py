@@ -145,6 +145,82 @@ def report_dir(out: str) -> str:
     return f"{out}/report"
 
 
+# ---- remedies (remedies.enabled) ------------------------------------------------
+#
+# A filter is a detector at a false-positive budget ("cnn-fpr0.05") or "oracle";
+# a filtered run is the study's run of the same source, ratio, model and seed,
+# trained on the filtered twin of its manifest.
+
+
+# The filter that drops exactly the generated rows: filtering's ceiling.
+ORACLE_FILTER = "oracle"
+
+
+def remedies_dir(out: str) -> str:
+    return f"{out}/remedies"
+
+
+def detector_prompts(out: str, source: str) -> str:
+    return f"{remedies_dir(out)}/detector-data/prompts/{source}.parquet"
+
+
+def detector_images(out: str, source: str) -> str:
+    """The index of a source's detector images; the images sit with the source's own."""
+    return f"{remedies_dir(out)}/detector-data/generated/{source}.parquet"
+
+
+def detector_image_counts(out: str, source: str) -> str:
+    return f"{remedies_dir(out)}/detector-data/generated/{source}.json"
+
+
+def detector_data(out: str) -> str:
+    """Real and generated images, labelled, with their detector split."""
+    return f"{remedies_dir(out)}/detector-data/labelled.parquet"
+
+
+def format_audit(out: str) -> str:
+    return f"{remedies_dir(out)}/audit/format.json"
+
+
+def detector_dir(out: str, detector: str) -> str:
+    return f"{remedies_dir(out)}/detectors/{detector}"
+
+
+def detector_model(out: str, detector: str) -> str:
+    return f"{detector_dir(out, detector)}/detector.pt"
+
+
+def detector_metrics(out: str, detector: str) -> str:
+    """Thresholds chosen on validation, and AUROC, AP and TPR on test, with intervals."""
+    return f"{detector_dir(out, detector)}/metrics.json"
+
+
+def detector_scores(out: str, detector: str) -> str:
+    """The score of every image a filtered manifest can hold."""
+    return f"{detector_dir(out, detector)}/scores.parquet"
+
+
+def filtered_manifest(out: str, source: str, ratio: str, filter: str) -> str:
+    return f"{remedies_dir(out)}/manifests/{source}/ratio-{ratio}/{filter}.parquet"
+
+
+def filtered_summary(out: str, source: str, ratio: str, filter: str) -> str:
+    """What a filter dropped: generated rows caught, real rows lost, the threshold."""
+    return f"{remedies_dir(out)}/manifests/{source}/ratio-{ratio}/{filter}.json"
+
+
+def filtered_run_dir(out: str, source: str, ratio: str, filter: str, model: str, seed: int | str) -> str:
+    return f"{remedies_dir(out)}/runs/{source}/ratio-{ratio}/{filter}/{model}/seed-{seed}"
+
+
+def ssl_dir(out: str, source: str, ratio: str, method: str, seed: int | str) -> str:
+    return f"{remedies_dir(out)}/ssl/{source}/ratio-{ratio}/{method}/seed-{seed}"
+
+
+def remedies_summary(out: str) -> str:
+    return f"{remedies_dir(out)}/summary.json"
+
+
 # ---- the generative study (task: generative) ----------------------------------
 #
 # A unit is one generative model: trained on a contaminated mix (track = a source,
@@ -215,6 +291,16 @@ JOB_NAMES = {
     "fit_and_score_generative_model": "{track}/{level}/seed-{seed}",
     "score_reference_floor": "",
     "report_generative": "",
+    "build_detector_prompts": "{generated_source}",
+    "generate_detector_images": "{generated_source}",
+    "build_detector_data": "",
+    "audit_format_parity": "",
+    "fit_detector": "{detector}",
+    "filter_manifest": "{source}/ratio-{ratio}/{filter}",
+    "train_filtered": "{source}/ratio-{ratio}/{filter}/{model}/seed-{seed}",
+    "evaluate_filtered": "{source}/ratio-{ratio}/{filter}/{model}/seed-{seed}",
+    "pretrain_and_probe_ssl": "{source}/ratio-{ratio}/{method}/seed-{seed}",
+    "summarise_remedies": "",
     "report": "",
     "plan_costs": "",
 }

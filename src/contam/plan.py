@@ -229,10 +229,29 @@ def _model_size(config: dict, model: str) -> tuple[float, int]:
     return work.model_size(spec["arch"], int(spec["image_size"]), contam_config.num_classes(config))
 
 
+# Rules that run another rule's code on the same kind of input are sized and
+# costed as that rule (a filtered twin is a manifest like any other; detector
+# images are one more shard of the source).
+COSTED_AS = {"train_filtered": "train", "evaluate_filtered": "evaluate", "generate_detector_images": "generate_shard"}
+
+
+def costed_as(rule: str) -> str:
+    return COSTED_AS.get(rule, rule)
+
+
 def size_job(job: Job, config: dict, sizes: Sizes) -> Sized:
     """The work of one job, in its rule's unit, and what it writes to disk."""
-    w, rule = job.wildcards, job.rule
+    w, rule = job.wildcards, costed_as(job.rule)
     execution = config.get("execution", {})
+    if job.rule == "generate_detector_images":
+        per_class = config["remedies"]["detector_data"]["generated_per_class"]
+        source = w["generated_source"]
+        spec = config["sources"][source]
+        g = _generator_settings(config, spec["generator"])
+        images = per_class * contam_config.num_classes(config)
+        settings = {"batch_size": execution.get("generate_batch_size")} | ({"dtype": g["dtype"]} if "dtype" in g else {})
+        disk = images * g["height"] * g["width"] * BYTES_PER_PIXEL.get(g["format"], BYTES_PER_PIXEL["png"])
+        return Sized(work.generation(images, g["steps"], g["height"], g["width"], g["guided"]), "image_step_mpx", settings, disk)
     if rule == "index_real":
         # Exporting the bundled digits and checking a folder of JPEGs are different work per row.
         n = sum(sizes.real().values())
@@ -431,7 +450,7 @@ class CostModel:
         return self._cache[key]
 
     def _fit(self, rule: str, kind: str, settings: dict) -> RuleCost:
-        rows = self.rows[(self.rows["device_kind"] == kind) & (self.rows["rule"] == rule)]
+        rows = self.rows[(self.rows["device_kind"] == kind) & (self.rows["rule"].map(costed_as) == rule)]
         if "kind" in settings:
             # Rows of another data kind (digits exported vs JPEGs checked) say nothing about this one.
             rows = rows[[json.loads(s or "{}").get("kind", settings["kind"]) == settings["kind"] for s in rows["settings"]]]
@@ -578,7 +597,7 @@ def make_plan(
     for job in jobs:
         sized = size_job(job, config, sizes)
         kind = gpu_kind if job.gpus > 0 else cpu_kind
-        cost = model.cost(job.rule, kind, sized.settings)
+        cost = model.cost(costed_as(job.rule), kind, sized.settings)
         mid, lo, hi = cost.predict(sized.work, level)
         records.append({
             "id": job.id, "rule": job.rule, "job": job.name, "device_kind": kind, "threads": job.threads, "gpus": job.gpus,

@@ -690,6 +690,15 @@ STYLE = (
 )
 
 
+def remedies_sections_of(study: Study, remedies: dict | None) -> list[Section]:
+    """The remedies sections (remedies.enabled), from rule summarise_remedies' summary."""
+    if not remedies:
+        return []
+    from contam.report_remedies import remedies_sections
+
+    return remedies_sections(remedies, study.out_dir, study.rel)
+
+
 def write_html(out_dir: Path, title: str, sections: list[Section], filename: str = "index.html") -> Path:
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -722,6 +731,7 @@ def build_report(
     benchmark_root: str | Path | None,
     versions: dict,
     config_for_display: dict | None = None,
+    remedies: dict | None = None,
 ) -> dict[str, Path]:
     """Write index.html, summary.csv and the figures; return the files written.
 
@@ -745,6 +755,7 @@ def build_report(
         validation_section(study),
         classes_section(study, real_index),
         distribution_section(analysis_files, study.origins),
+        *remedies_sections_of(study, remedies),
         samples_section(study, real_index, generated),
         quality_section(quality),
         compute_section(benchmark_files, benchmark_root),

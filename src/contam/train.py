@@ -440,6 +440,15 @@ def train(
         if dataset is None:
             transform = train_transform(model_config["image_size"], recipe.get("augment", {}))
             dataset = ManifestDataset(manifest, transform, decode=decode_device(decode, procs.device))
+        if len(dataset) == 0:
+            # A filtered twin can drop every row (the oracle at ratio 1.0): the
+            # run is then its initial weights, which evaluate measures honestly.
+            log.warning("the manifest has no rows: the model keeps its initial (random) weights")
+            state = new_state(model_config, recipe, num_classes, procs.device, 0)
+            if procs.main:
+                write_outputs(state, out, fingerprint)
+            procs.wait()
+            return {"epochs": 0, "final_loss": None, "processes": procs.world}
         sampler = EpochSampler(len(dataset), seed, rank=procs.rank, world_size=procs.world, with_seeds=True)
         state = new_state(model_config, recipe, num_classes, procs.device, steps_per_epoch(sampler.per_rank, int(recipe["batch_size"])))
         state.load(checkpoint, fingerprint, procs)

@@ -18,7 +18,15 @@ os.environ.update(
 )
 
 from contam import config as contam_config
-from contam import config_checks, config_paths, generative, identity, layout, prepare
+from contam import (
+    config_checks,
+    config_paths,
+    generative,
+    identity,
+    layout,
+    prepare,
+    remedies,
+)
 from contam import resources as contam_resources
 
 # Only the --config values (not config files) need their YAML types back.
@@ -71,6 +79,24 @@ PREPARE_ON = PREPARE.get("enabled", False)
 PREPARE_SETTINGS = prepare.Settings.from_config(PREPARE)
 OOD_COLLECTIONS = {layout.ood_collection(name): name for name in OOD_SETS}
 COLLECTIONS = [BASELINE, *GENERATED, *FOLDER_CONTROLS, *OOD_COLLECTIONS]
+# Remedies (remedies.enabled): detect-and-filter and SSL on the study's mixes.
+REMEDIES = config.get("remedies", {})
+REMEDIES_ON = not GENERATION_ONLY and not GENERATIVE and REMEDIES.get("enabled", False)
+SSL_ON = REMEDIES_ON and REMEDIES["ssl"]["enabled"]
+REMEDIES_MODEL = REMEDIES.get("model") or next(iter(config.get("models", {})), None)
+DETECTORS = list(REMEDIES["detectors"]) if REMEDIES_ON else []
+SSL_METHOD = REMEDIES["ssl"]["method"] if SSL_ON else None
+FILTERS = (
+    sorted(
+        {
+            name
+            for s in SOURCES
+            for name in remedies.filters(REMEDIES, config["sources"][s]["origin"])
+        }
+    )
+    if REMEDIES_ON
+    else []
+)
 
 
 def log_of(rule_name):
@@ -102,6 +128,9 @@ wildcard_constraints:
     seed=r"\d+",
     shard=r"\d+",
     collection=_alternatives(COLLECTIONS),
+    detector=_alternatives(DETECTORS),
+    filter=_alternatives(FILTERS),
+    method=_alternatives([SSL_METHOD] if SSL_METHOD else []),
 
 
 onstart:
@@ -402,6 +431,7 @@ def benchmark_files():
 def report_inputs(wildcards):
     return {
         "metrics": reported_metrics(),
+        "remedies": [layout.remedies_summary(OUT)] if REMEDIES_ON else [],
         "real": real_index(),
         "real_quality": layout.real_quality(OUT),
         "generated": [layout.generated_index(OUT, s) for s in GENERATED],
@@ -570,3 +600,169 @@ def gather_into_ledger():
         return
     if added:
         logger.info(f"ledger {ledger_dir}: {sum(added.values())} new measured job(s)")
+
+
+# ---- remedies (remedies.enabled) ------------------------------------------------
+
+
+def remedies_ratios():
+    return [layout.ratio_tag(r) for r in REMEDIES["ratios"]]
+
+
+def ssl_ratios():
+    return [layout.ratio_tag(r) for r in REMEDIES["ssl"]["ratios"]]
+
+
+def arms_at(ratio):
+    """The sources trained at a ratio: the shared real baseline at 0, every arm above."""
+    return [BASELINE] if float(ratio) == 0 else SOURCES
+
+
+def filtered_runs():
+    """(source, ratio, filter, seed) of every run on a filtered twin."""
+    return [
+        (source, ratio, name, int(seed))
+        for ratio in remedies_ratios()
+        for source in SOURCES
+        for name in remedies.filters(REMEDIES, config["sources"][source]["origin"])
+        for seed in config["seeds"]
+    ]
+
+
+def filtered_metrics():
+    return [
+        f"{layout.filtered_run_dir(OUT, s, r, f, REMEDIES_MODEL, seed)}/metrics.json"
+        for s, r, f, seed in filtered_runs()
+    ]
+
+
+def filtered_summaries():
+    runs = {(s, r, f) for s, r, f, _ in filtered_runs()}
+    return [layout.filtered_summary(OUT, s, r, f) for s, r, f in sorted(runs)]
+
+
+def contaminated_manifests():
+    """Every contaminated manifest of the study: the detector data must avoid their generated rows."""
+    return sorted(
+        {
+            layout.manifest(OUT, run.source, run.ratio)
+            for run in contam_config.runs(config)
+            if run.source != BASELINE
+        }
+    )
+
+
+def filtered_manifests_sources():
+    """The unfiltered manifests that get filtered twins; the detectors score their images."""
+    return [layout.manifest(OUT, s, r) for r in remedies_ratios() for s in SOURCES]
+
+
+def detector_image_indexes():
+    return [layout.detector_images(OUT, s) for s in GENERATED]
+
+
+def detector_extractor(wildcards):
+    """The probe detector reads the ratio-0 classifier's features (first seed)."""
+    if wildcards.detector != "probe":
+        return []
+    seed = config["seeds"][0]
+    return layout.weights(OUT, BASELINE, layout.BASELINE_RATIO, REMEDIES_MODEL, seed)
+
+
+def detector_settings(wildcards):
+    """What changes a detector's fit, thresholds and metrics (speed-only settings are read in the job)."""
+    return {
+        "kind": wildcards.detector,
+        "spectral_size": REMEDIES["spectral"]["size"],
+        "cnn": REMEDIES["cnn"],
+        "probe": REMEDIES["probe"],
+        "fpr_budgets": REMEDIES["fpr_budgets"],
+        "bootstrap": REMEDIES["bootstrap"],
+        "extractor": (
+            config["models"][REMEDIES_MODEL] if wildcards.detector == "probe" else None
+        ),
+        "num_classes": contam_config.num_classes(config),
+        "seed": config["seed"],
+    }
+
+
+def detector_prompt_settings(wildcards):
+    prompts = dict(config["sources"][wildcards.generated_source].get("prompts", {}))
+    prompts["images_per_class"] = REMEDIES["detector_data"]["generated_per_class"]
+    return prompts
+
+
+def filter_inputs(wildcards):
+    """A detector's filter reads its scores and thresholds; the oracle reads the manifest alone."""
+    if wildcards.filter == remedies.ORACLE:
+        return {}
+    detector = wildcards.filter.split("-fpr")[0]
+    return {
+        "scores": layout.detector_scores(OUT, detector),
+        "detector": layout.detector_metrics(OUT, detector),
+    }
+
+
+def filter_settings(wildcards):
+    if wildcards.filter == remedies.ORACLE:
+        return {"filter": remedies.ORACLE}
+    return {
+        "filter": wildcards.filter,
+        "detector": wildcards.filter.split("-fpr")[0],
+        "fpr_budget": REMEDIES["filter"]["fpr_budget"],
+    }
+
+
+def filtered_manifest_of(wildcards):
+    return layout.filtered_manifest(
+        OUT, wildcards.source, wildcards.ratio, wildcards.filter
+    )
+
+
+def ssl_runs():
+    """(source, ratio, seed) of every SSL pretraining: the real baseline at 0, every arm above."""
+    return [
+        (source, ratio, int(seed))
+        for ratio in ssl_ratios()
+        for source in arms_at(ratio)
+        for seed in config["seeds"]
+    ]
+
+
+def ssl_metrics():
+    if not SSL_ON:
+        return []
+    return [
+        f"{layout.ssl_dir(OUT, s, r, SSL_METHOD, seed)}/metrics.json"
+        for s, r, seed in ssl_runs()
+    ]
+
+
+def ssl_settings(wildcards):
+    """What changes a pretraining (the probe's C is a param of its own)."""
+    keys = [k for k in REMEDIES["ssl"] if k not in ("enabled", "ratios", "probe_C")]
+    return {k: REMEDIES["ssl"][k] for k in keys} | {"seed": int(wildcards.seed)}
+
+
+def remedies_supervised_metrics():
+    """The study's runs the remedies compare with: clean, unfiltered, and SSL's supervised twins."""
+    ratios = sorted(
+        {layout.BASELINE_RATIO, *remedies_ratios(), *(ssl_ratios() if SSL_ON else [])}
+    )
+    return [
+        layout.metrics(OUT, s, r, REMEDIES_MODEL, seed)
+        for r in ratios
+        for s in arms_at(r)
+        for seed in config["seeds"]
+    ]
+
+
+def remedies_summary_inputs(wildcards):
+    return {
+        "supervised": remedies_supervised_metrics(),
+        "filtered": filtered_metrics(),
+        "summaries": filtered_summaries(),
+        "detectors": [layout.detector_metrics(OUT, d) for d in DETECTORS],
+        "audit": layout.format_audit(OUT),
+        "ssl": ssl_metrics(),
+    }

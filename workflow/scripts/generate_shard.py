@@ -9,7 +9,8 @@ generate.run_shard(
     settings=sm.params.settings,
     prompts=read_parquet(sm.input.prompts),
     shards=sm.params.shards,
-    shard=int(sm.wildcards.shard),
+    # generate_detector_images is one job with no shard wildcard: its shard 0 of 1.
+    shard=int(sm.wildcards.get("shard", 0)),
     model_dir=sm.input.model,
     images_root=sm.params.images_root,
     execution=sm.config["execution"],

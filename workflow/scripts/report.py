@@ -29,5 +29,6 @@ written = report.build_report(
     versions=software_versions(),
     # Shown only; what changes a number reaches the report as a param or input.
     config_for_display=sm.config,
+    remedies=json.loads(Path(sm.input.remedies[0]).read_text()) if sm.input.remedies else None,
 )
 log.info("report written: %s", {k: str(v) for k, v in written.items()})
