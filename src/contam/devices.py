@@ -55,6 +55,13 @@ def describe(device: torch.device) -> str:
     return str(device)
 
 
+def job_device(execution: dict, gpus: int) -> torch.device:
+    """A job's device from the config's ``execution`` section and the GPUs it was given, logged."""
+    device = pick_device(execution["device"], gpus=gpus, allow_cpu_fallback=execution["allow_cpu_fallback"])
+    log.info("device: %s", describe(device))
+    return device
+
+
 @contextlib.contextmanager
 def deterministic(enabled: bool) -> Iterator[None]:
     """Deterministic kernels (or an error from an op that has none) while inside.

@@ -13,14 +13,13 @@ import logging
 import pandas as pd
 
 from contam import analysis
-from contam.devices import describe, pick_device
+from contam.devices import job_device
 
 log = logging.getLogger(__name__)
 
 
 def extract_feature_set(index: pd.DataFrame, settings: dict, extractor_weights, execution: dict, gpus: int, threads: int, out_path) -> None:
-    device = pick_device(execution["device"], gpus=gpus, allow_cpu_fallback=execution["allow_cpu_fallback"])
-    log.info("device: %s", describe(device))
+    device = job_device(execution, gpus)
     # clean-fid would default to 12 workers; use what the job was given.
     workers = min(execution["num_workers"], max(threads - 1, 0))
     batch_size = execution["eval_batch_size"]

@@ -384,12 +384,11 @@ def load_sampler(generator: dict, model_dir, device: torch.device, execution: di
 def run_shard(settings: dict, prompts: pd.DataFrame, shards: int, shard: int, model_dir, images_root, execution: dict, gpus: int, threads: int, index_path, counts_path) -> dict:
     """One generate_shard job: fingerprint the weights, generate what is missing, write the index."""
     from contam import identity
-    from contam.devices import describe, pick_device
+    from contam.devices import job_device
     from contam.io import write_json, write_parquet
 
     generator = settings["generator"]
-    device = pick_device(execution["device"], gpus=gpus, allow_cpu_fallback=execution["allow_cpu_fallback"])
-    log.info("device: %s", describe(device))
+    device = job_device(execution, gpus)
     # Computed once per shard: a model replaced in place must never reuse old images.
     weights = identity.weights_fingerprint(model_dir if generator["kind"] == "embedded" else generator["model"])
     settings_id = identity.settings_id(settings, weights)

@@ -192,6 +192,15 @@ def detector_table(detectors: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def save_png(fig, out_png: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def plot_roc(detectors: dict[str, dict], out_png: Path) -> None:
     import matplotlib
 
@@ -208,10 +217,7 @@ def plot_roc(detectors: dict[str, dict], out_png: Path) -> None:
     ax.set_title("Detectors on held-out real vs generated images", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out_png)
 
 
 def audit_statement(audit: dict) -> str:
@@ -298,10 +304,7 @@ def plot_recovery(recovery: pd.DataFrame, out_png: Path) -> None:
         ax.set_title(f"{arm} ({data['origin'].iloc[0]}): mean over seeds", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out_png)
 
 
 def recovery_section(summary: dict, out_dir: Path, rel) -> Section | None:

@@ -95,11 +95,10 @@ def read_record(path: str | Path) -> dict:
 
 
 def load_judge(weights, model_config: dict, num_classes: int, execution: dict, gpus: int):
-    from contam.devices import describe, pick_device
+    from contam.devices import job_device
     from contam.evaluate import load_classifier
 
-    device = pick_device(execution["device"], gpus=gpus, allow_cpu_fallback=execution["allow_cpu_fallback"])
-    log.info("device: %s", describe(device))
+    device = job_device(execution, gpus)
     return load_classifier(weights, model_config, num_classes, device), device
 
 

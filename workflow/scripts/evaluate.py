@@ -3,15 +3,14 @@
 from safetensors import safe_open
 
 from contam import evaluate, logs, prepare
-from contam.devices import describe, pick_device
+from contam.devices import job_device
 from contam.io import file_sha256, read_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
 execution = sm.config["execution"]
-device = pick_device(execution["device"], gpus=sm.resources.get("gpu", 0), allow_cpu_fallback=execution["allow_cpu_fallback"])
-log.info("device: %s", describe(device))
+device = job_device(execution, sm.resources.get("gpu", 0))
 model = evaluate.load_classifier(sm.input.weights, settings["model"], settings["num_classes"], device)
 real = read_parquet(sm.input.real)
 # Validation is evaluated beside test: settings are chosen on it, never on test.

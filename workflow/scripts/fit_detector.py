@@ -3,15 +3,14 @@
 import pandas as pd
 
 from contam import logs, remedies
-from contam.devices import describe, pick_device
+from contam.devices import job_device
 from contam.io import read_parquet, write_json, write_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
 execution = sm.config["execution"]
-device = pick_device(execution["device"], gpus=sm.resources.get("gpu", 0), allow_cpu_fallback=execution["allow_cpu_fallback"])
-log.info("device: %s", describe(device))
+device = job_device(execution, sm.resources.get("gpu", 0))
 extractor = None
 if settings["kind"] == "probe":
     from contam.evaluate import load_classifier

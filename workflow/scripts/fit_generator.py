@@ -2,15 +2,14 @@
 
 from contam import config as contam_config
 from contam import fit_generator, identity, layout, logs
-from contam.devices import describe, pick_device
+from contam.devices import job_device
 from contam.io import read_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
 execution = sm.config["execution"]
-device = pick_device(execution["device"], gpus=sm.resources.get("gpu", 0), allow_cpu_fallback=execution["allow_cpu_fallback"])
-log.info("device: %s", describe(device))
+device = job_device(execution, sm.resources.get("gpu", 0))
 index = read_parquet(sm.input.index)
 train = index[index["split"] == "train"].sort_values("path", ignore_index=True)
 generator = settings["generator"]

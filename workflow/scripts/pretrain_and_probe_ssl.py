@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from contam import identity, logs, ssl
-from contam.devices import describe, pick_device
+from contam.devices import job_device
 from contam.evaluate import software_versions
 from contam.io import read_parquet, write_json
 
@@ -11,8 +11,7 @@ sm = snakemake  # noqa: F821 (provided by Snakemake)
 log = logs.setup(sm.log[0], sm.threads)
 settings = sm.params.settings
 execution = sm.config["execution"]
-device = pick_device(execution["device"], gpus=sm.resources.get("gpu", 0), allow_cpu_fallback=execution["allow_cpu_fallback"])
-log.info("device: %s", describe(device))
+device = job_device(execution, sm.resources.get("gpu", 0))
 fingerprint = identity.run_fingerprint(settings, sm.input.manifest, list(sm.input.indexes))
 summary = ssl.pretrain(
     read_parquet(sm.input.manifest),
