@@ -348,6 +348,11 @@ def _allowed(budget: float, n: int) -> int:
     return int(np.floor(budget * n + 1e-9))
 
 
+def budget_key(fpr_budget: float) -> str:
+    """How a false-positive budget keys the metrics and thresholds (``0.01``): JSON keys are strings."""
+    return f"{float(fpr_budget):g}"
+
+
 def threshold_at_fpr(real_scores: np.ndarray, budget: float) -> float:
     """The smallest t with share(real_scores > t) <= budget; images are flagged when score > t.
 
@@ -455,7 +460,7 @@ def _roc_points(real: np.ndarray, generated: np.ndarray, max_points: int = 200) 
 
 def _threshold_for(thresholds: dict, budget: float) -> float:
     """A validation threshold keyed by the budget as a float or as its f"{b:g}" string (JSON keys)."""
-    for key in (budget, f"{budget:g}"):
+    for key in (budget, budget_key(budget)):
         if key in thresholds:
             return float(thresholds[key])
     raise ValueError(f"no threshold given for budget {budget:g} (thresholds for {sorted(map(str, thresholds))})")
@@ -488,12 +493,12 @@ def detector_metrics(scores: np.ndarray, generated: np.ndarray, budgets: Sequenc
         "n_generated": int(len(fake)),
         "auroc": values["auroc"],
         "average_precision": values["average_precision"],
-        "tpr_at_fpr": {f"{b:g}": values[f"tpr@{b:g}"] for b in budgets},
+        "tpr_at_fpr": {budget_key(b): values[f"tpr@{b:g}"] for b in budgets},
         "roc": _roc_points(real, fake),
     }
     if thresholds is not None:
         result["at_threshold"] = {
-            f"{b:g}": {"threshold": _threshold_for(thresholds, b), "tpr": values[f"tpr>{b:g}"], "fpr": values[f"fpr>{b:g}"]} for b in budgets
+            budget_key(b): {"threshold": _threshold_for(thresholds, b), "tpr": values[f"tpr>{b:g}"], "fpr": values[f"fpr>{b:g}"]} for b in budgets
         }
     return result
 

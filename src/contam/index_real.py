@@ -48,13 +48,17 @@ INDEX_COLUMNS = ["path", "label", "class_name", "split", "origin", "source", "co
 MISSING = "missing"
 
 
+# The split of items the fractions leave over.
+UNUSED = "unused"
+
+
 def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
     """Assign each item to a split, class by class, with exact per-class counts.
 
     Fractions may sum to less than 1; the rest of each class is marked "unused".
     """
     names = list(fractions)
-    out = np.full(len(labels), "unused", dtype=object)
+    out = np.full(len(labels), UNUSED, dtype=object)
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         order = rng(seed, "split", int(label)).permutation(members)

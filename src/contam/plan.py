@@ -243,15 +243,6 @@ def size_job(job: Job, config: dict, sizes: Sizes) -> Sized:
     """The work of one job, in its rule's unit, and what it writes to disk."""
     w, rule = job.wildcards, costed_as(job.rule)
     execution = config.get("execution", {})
-    if job.rule == "generate_detector_images":
-        per_class = config["remedies"]["detector_data"]["generated_per_class"]
-        source = w["generated_source"]
-        spec = config["sources"][source]
-        g = _generator_settings(config, spec["generator"])
-        images = per_class * contam_config.num_classes(config)
-        settings = {"batch_size": execution.get("generate_batch_size")} | ({"dtype": g["dtype"]} if "dtype" in g else {})
-        disk = images * g["height"] * g["width"] * BYTES_PER_PIXEL.get(g["format"], BYTES_PER_PIXEL["png"])
-        return Sized(work.generation(images, g["steps"], g["height"], g["width"], g["guided"]), "image_step_mpx", settings, disk)
     if rule == "index_real":
         # Exporting the bundled digits and checking a folder of JPEGs are different work per row.
         n = sum(sizes.real().values())
@@ -272,7 +263,10 @@ def size_job(job: Job, config: dict, sizes: Sizes) -> Sized:
     if rule == "generate_shard":
         source = w["generated_source"]
         spec = config["sources"][source]
-        images = sizes.generated(source) / spec["shards"]
+        if job.rule == "generate_detector_images":
+            images = config["remedies"]["detector_data"]["generated_per_class"] * contam_config.num_classes(config)
+        else:
+            images = sizes.generated(source) / spec["shards"]
         g = _generator_settings(config, spec["generator"])
         settings = {"batch_size": execution.get("generate_batch_size")} | ({"dtype": g["dtype"]} if "dtype" in g else {})
         # storage_size: stored downscaled (square), like the real images it stands beside.

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from contam.layout import BASELINE_SOURCE, ORACLE_FILTER
-from contam.seeds import image_seeds, rng
+from contam.seeds import derive_seed, image_seeds
 
 ORACLE = ORACLE_FILTER
 DETECTOR_SPLITS = ("train", "validation", "test")
@@ -40,9 +40,9 @@ def filter_name(detector: str, fpr_budget: float) -> str:
     return f"{detector}-fpr{float(fpr_budget):g}"
 
 
-def budget_key(fpr_budget: float) -> str:
-    """How a budget keys the detector metrics (``0.01``), as contam.detect writes it."""
-    return f"{float(fpr_budget):g}"
+def filter_detector(name: str) -> str | None:
+    """The detector of a filter's name (``cnn-fpr0.05`` -> ``cnn``); None for the oracle."""
+    return None if name == ORACLE else name.split("-fpr")[0]
 
 
 def filters(remedies: dict, origin: str) -> list[str]:
@@ -67,27 +67,6 @@ def detector_prompts(source_prompts: pd.DataFrame, new_prompts: pd.DataFrame, ba
     return new_prompts.assign(row=rows, seed=image_seeds(base_seed, rows)).reset_index(drop=True)
 
 
-def stratified_splits(strata: pd.Series, paths: pd.Series, fractions: dict[str, float], seed: int) -> np.ndarray:
-    """A detector split per row: within each stratum, rows ordered by a key of (seed, path), cut by the fractions.
-
-    The key depends on the path alone, so adding rows to a stratum moves no other row.
-    """
-    keys = np.array([rng(seed, "detector-split", p).random() for p in paths]) if len(paths) else np.zeros(0)
-    out = np.empty(len(paths), dtype=object)
-    shares = np.array([fractions[s] for s in DETECTOR_SPLITS], dtype=float)
-    for _, positions in pd.Series(np.arange(len(paths))).groupby(strata.to_numpy()):
-        order = positions.to_numpy()[np.argsort(keys[positions.to_numpy()], kind="stable")]
-        # Largest-remainder rounding keeps each stratum's counts as close to the shares as whole rows allow.
-        counts = np.floor(shares * len(order)).astype(int)
-        remainder = shares * len(order) - counts
-        for extra in np.argsort(-remainder, kind="stable")[: max(0, min(len(order), int(round(shares.sum() * len(order)))) - counts.sum())]:
-            counts[extra] += 1
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        for name, start, stop in zip(DETECTOR_SPLITS, bounds[:-1], bounds[1:]):
-            out[order[start:stop]] = name
-    return out
-
-
 def detector_data(
     real_index: pd.DataFrame,
     real_split: str,
@@ -98,6 +77,7 @@ def detector_data(
 ) -> pd.DataFrame:
     """The labelled real-vs-generated set, with its detector split; rows beyond the fractions are left out."""
     from contam.analysis import sample_per_class
+    from contam.index_real import UNUSED, stratified_split
 
     real = real_index[real_index["split"] == real_split]
     if real.empty:
@@ -111,10 +91,12 @@ def detector_data(
     table = pd.concat([p[["path", "label", "class_name", "generated", "source"]] for p in parts], ignore_index=True)
     table["label"] = table["label"].astype(np.int64)
     table["class_name"] = table["class_name"].astype(str)
-    strata = table["source"] + ":" + table["label"].astype(str)
-    table["split"] = stratified_splits(strata, table["path"], fractions, seed)
-    table = table[table["split"].notna()]
-    return table.sort_values("path", ignore_index=True)[LABELLED_COLUMNS]
+    table = table.sort_values("path", ignore_index=True)
+    # The real data's own split, stratified by (source, class) instead of class.
+    strata, _ = pd.factorize(table["source"] + ":" + table["label"].astype(str), sort=True)
+    ordered = {name: fractions[name] for name in DETECTOR_SPLITS}
+    table["split"] = stratified_split(strata, ordered, derive_seed(seed, "detector-split"))
+    return table[table["split"] != UNUSED].reset_index(drop=True)[LABELLED_COLUMNS]
 
 
 def check_disjoint(labelled: pd.DataFrame, manifests: list[pd.DataFrame], test_paths: pd.Series) -> None:
@@ -214,7 +196,7 @@ def fit_and_score_detector(
         kind=kind,
         # What a choice among detectors may look at (the test figures may not).
         validation_auroc=float(roc_auc_score(validation["generated"].to_numpy(bool), validation_scores)),
-        thresholds={budget_key(b): t for b, t in thresholds.items()},
+        thresholds={detect.budget_key(b): t for b, t in thresholds.items()},
         images={name: {"real": int((~part["generated"]).sum()), "generated": int(part["generated"].sum())} for name, part in parts.items()},
     )
     scores = pd.DataFrame({"path": to_score.astype(str).to_numpy(), "score": detector.scores(to_score.tolist()) if len(to_score) else np.zeros(0)})

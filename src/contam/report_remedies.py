@@ -150,6 +150,8 @@ def summarise(
     recovery = recovery_table(tidy, tidy_filtered(filtered), filter_summaries, model, origins)
     ssl = ssl_comparison(ssl_tidy(ssl_records), tidy, model, sorted(origins)) if ssl_records else pd.DataFrame()
 
+    untrained = [r["untrained"]["top1"] for r in ssl_records if "untrained" in r]
+
     def records(frame: pd.DataFrame) -> list[dict]:
         # NaN (no interval with one seed, no gap to close) is written as null.
         return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
@@ -162,7 +164,8 @@ def summarise(
         "ssl": records(ssl),
         "ssl_method": settings["ssl"]["method"] if ssl_records else None,
         # A linear probe on the untrained encoder (the same seeds): the floor pretraining is measured from.
-        "ssl_untrained_top1": float(np.mean([r["untrained"]["top1"] for r in ssl_records if "untrained" in r])) if any("untrained" in r for r in ssl_records) else None,
+        "ssl_untrained_top1": float(np.mean(untrained)) if untrained else None,
+        "ssl_untrained_runs": len(untrained),
         "filter": settings["filter"],
         "detector_data": settings["detector_data"],
     }
@@ -353,7 +356,8 @@ def ssl_section(summary: dict) -> Section | None:
         "Each drop is paired by seed with its own ratio-0 run; the last column is paired too (above zero: SSL lost less).</p>"
     )
     if summary.get("ssl_untrained_top1") is not None:
-        body += (f"<p class='note'>The same probe on the untrained encoder (random weights, same seeds) scores {percent(summary['ssl_untrained_top1'])} % on average: "
+        body += (f"<p class='note'>The same probe on the untrained encoder (random weights, same seeds) scores {percent(summary['ssl_untrained_top1'])} % "
+                 f"on the real test set, the mean of n = {summary.get('ssl_untrained_runs', 'n/a')} runs (one per SSL run): "
                  "what pretraining adds is the difference from that floor, not the whole score.</p>")
     return "Remedies: self-supervised pretraining", body
 

@@ -696,7 +696,7 @@ def filter_inputs(wildcards):
     """A detector's filter reads its scores and thresholds; the oracle reads the manifest alone."""
     if wildcards.filter == remedies.ORACLE:
         return {}
-    detector = wildcards.filter.split("-fpr")[0]
+    detector = remedies.filter_detector(wildcards.filter)
     return {
         "scores": layout.detector_scores(OUT, detector),
         "detector": layout.detector_metrics(OUT, detector),
@@ -708,7 +708,7 @@ def filter_settings(wildcards):
         return {"filter": remedies.ORACLE}
     return {
         "filter": wildcards.filter,
-        "detector": wildcards.filter.split("-fpr")[0],
+        "detector": remedies.filter_detector(wildcards.filter),
         "fpr_budget": REMEDIES["filter"]["fpr_budget"],
     }
 

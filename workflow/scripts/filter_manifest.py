@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from contam import logs, remedies
+from contam import detect, logs, remedies
 from contam.io import read_parquet, write_json, write_parquet
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
@@ -14,7 +14,7 @@ if settings["filter"] == remedies.ORACLE:
     filtered, summary = remedies.oracle_filter(manifest)
 else:
     detector = json.loads(Path(sm.input.detector).read_text())
-    threshold = detector["thresholds"][remedies.budget_key(settings["fpr_budget"])]
+    threshold = detector["thresholds"][detect.budget_key(settings["fpr_budget"])]
     filtered, summary = remedies.filter_by_scores(manifest, read_parquet(sm.input.scores), threshold, settings)
 summary.update(source=sm.wildcards.source, ratio=float(sm.wildcards.ratio))
 log.info("%s: %s", settings["filter"], summary)
