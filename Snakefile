@@ -23,6 +23,7 @@ include: "workflow/rules/generative.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/plan.smk"
 include: "workflow/rules/remedies.smk"
+include: "workflow/rules/captioning.smk"
 
 
 localrules:
@@ -40,6 +41,8 @@ localrules:
     build_detector_data,
     filter_manifest,
     summarise_remedies,
+    mix_captions,
+    report_captioning,
 
 
 rule all:

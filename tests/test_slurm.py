@@ -144,10 +144,21 @@ def invocation(result: subprocess.CompletedProcess, env: dict) -> dict:
     return {"log": log, "sbatch": lines, "name": name, "records": records}
 
 
+# What the SLURM study takes over from the session's tiny study: its real index and
+# its generated images (the jobs that make them are like any other on SLURM, and
+# test_workflow.py checks them), so SLURM runs the mixes, every training run and
+# evaluation, and the report (about 100 s less of the suite than the whole DAG).
+UPSTREAM = ("real", "generators", "prompts", "generated")
+
+
 @pytest.fixture(scope="module")
-def study(cluster, tmp_path_factory):
-    """The tiny study run through `--profile slurm`, with SLURM's records of it."""
+def study(cluster, tmp_path_factory, request):
+    """The tiny study's runs through `--profile slurm`, with SLURM's records of them."""
     root = tmp_path_factory.mktemp("slurm-study")
+    local_root, _ = request.getfixturevalue("tiny_study")  # only once SLURM is known to be there
+    for part in UPSTREAM:
+        shutil.copytree(local_root / "results" / "tiny" / part, root / "results" / "tiny" / part)
+    shutil.copytree(local_root / ".snakemake" / "metadata", root / ".snakemake" / "metadata")
     config = tiny_config(copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
     config["resources"]["train"]["gpu"] = 1  # a GPU rule: sbatch --gpus=1 on the fake GPUs
     config["execution"]["allow_cpu_fallback"] = True  # torch finds no CUDA behind them
@@ -213,7 +224,7 @@ def test_gpu_jobs_without_cuda_fail_unless_fallback_is_allowed(study, cluster):
 
 
 def test_outputs_match_a_local_run(study, request):
-    """Index, manifests and the metrics of two runs, built without SLURM: the same.
+    """Manifests and the metrics of two runs, built without SLURM: the same (the index is the local one).
 
     The local build is the session's tiny study (conftest.tiny_study, which
     test_workflow.py checks): the same config except for what only changes

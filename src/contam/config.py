@@ -93,8 +93,8 @@ class Run:
 
 
 def runs(config: dict) -> list[Run]:
-    """Every training run of the study. Ratio 0 is shared by all arms, once."""
-    if generation_only(config):
+    """Every classifier training run of the study. Ratio 0 is shared by all arms, once."""
+    if generation_only(config) or "models" not in config:
         return []
     result = set()
     for ratio in config["mixing"]["ratios"]:

@@ -49,12 +49,16 @@ def check_semantics(config: dict) -> None:
     problems: list[str] = []
     if generation_only(config):
         _check_generation_only(config, problems)
+    elif config.get("task") == "captioning":
+        _check_captioning(config, problems)
     else:
         _check_classification(config, problems)
     if config.get("task") == "generative":
         _check_generative(config, problems)
     elif "generative" in config:
         problems.append("generative: this section is read only with task: generative")
+    if "captioning" in config and config.get("task") != "captioning":
+        problems.append("captioning: this section is read only with task: captioning")
     if config.get("remedies", {}).get("enabled") and config.get("task", "classification") != "classification":
         problems.append(f"remedies.enabled: the remedies filter and pretrain on the classification study's mixes; task {config['task']} has none")
     _check_generators(config, problems)
@@ -76,6 +80,9 @@ def _check_generation_only(config: dict, problems: list[str]) -> None:
 
 
 def _check_real(real: dict, problems: list[str]) -> None:
+    if real["kind"] == "coco":
+        problems.append("real.kind: coco (captioned images) is read by task: captioning only")
+        return
     if real["kind"] == "digits":
         fractions = real.get("split_fractions", {})
         total = sum(fractions.values())
@@ -153,6 +160,21 @@ def _check_classification(config: dict, problems: list[str]) -> None:
         _check_remedies(config, problems)
 
 
+def _check_captioning(config: dict, problems: list[str]) -> None:
+    from contam import captioning
+
+    if config["real"]["kind"] != "coco":
+        _check_real(config["real"], problems)
+    tags = [ratio_tag(r) for r in config["mixing"]["ratios"]]
+    for tag in _duplicates(tags):
+        problems.append(f"mixing.ratios: ratio {tag} is listed twice")
+    for seed in _duplicates(config["seeds"]):
+        problems.append(f"seeds: seed {seed} is listed twice")
+    if "models" in config:
+        problems.append("models: task captioning trains captioning.captioner; models are the classification study's")
+    captioning.check(config, problems, known_timm_models())
+
+
 def _check_generative(config: dict, problems: list[str]) -> None:
     """The generative study: a judge classifier, and loop regimes that cannot collide with sources."""
     if "generative" not in config:
@@ -194,6 +216,8 @@ def _check_generators(config: dict, problems: list[str]) -> None:
     for name, src in config["sources"].items():
         key = f"sources.{name}"
         if src["origin"] == "generated":
+            if "index" in src and config.get("task") == "captioning":
+                continue  # images made by another experiment (contam.captioning checks the rest)
             if "generator" not in src:
                 problems.append(f"{key}.generator: required for a generated source")
             elif src["generator"] not in generators:

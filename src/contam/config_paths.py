@@ -15,14 +15,22 @@ def data_paths(config: dict) -> dict[str, str]:
     """Every input path the config names, by key."""
     paths: dict[str, str] = {}
     real = config.get("real", {})
-    for key in ("root", "test_root", "class_index", "test_labels", "test_labels_meta"):
+    for key in ("root", "test_root", "class_index", "test_labels", "test_labels_meta", "split_file"):
         if key in real:
             paths[f"real.{key}"] = real[key]
+    for key in ("captions", "images"):
+        for i, path in enumerate(real.get(key, [])):
+            paths[f"real.{key}[{i}]"] = path
+    captioner = config.get("captioning", {}).get("captioner", {})
+    if captioner.get("kind") == "folder" and "folder" in captioner:
+        paths["captioning.captioner.folder"] = captioner["folder"]
     for name, src in config["sources"].items():
         if "root" in src:
             paths[f"sources.{name}.root"] = src["root"]
             for i, file_list in enumerate(src.get("file_lists", [])):
                 paths[f"sources.{name}.file_lists[{i}]"] = str(label_files.resolve(src["root"], file_list))
+        if "index" in src:
+            paths[f"sources.{name}.index"] = src["index"]
         captions = src.get("prompts", {}).get("captions")
         if captions:
             paths[f"sources.{name}.prompts.captions"] = captions
@@ -44,6 +52,12 @@ def missing_paths(config: dict) -> list[str]:
         if not Path(path).expanduser().exists():
             hint = " (a hub id needs allow_download: true)" if key.startswith("generators.") and not str(path).startswith(("/", ".", "~")) else ""
             problems.append(f"{key}: path {path!r} does not exist{hint}")
+    real = config.get("real", {})
+    if not problems and real.get("kind") == "coco" and config.get("task") == "captioning":
+        # Only once every path exists: the split file is read against the captions and image folders.
+        from contam.caption_data import split_file_problems
+
+        problems += split_file_problems(real)
     return problems
 
 

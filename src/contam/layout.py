@@ -268,6 +268,68 @@ def generative_floor(out: str) -> str:
     return f"{out}/generative/{FLOOR}.json"
 
 
+# ---- the captioning study (task: captioning) -----------------------------------
+#
+# The captioned images (digit scenes, or COCO with its Karpathy split), each
+# arm's pool of twins (a twin has the image id and captions of the real image it
+# replaces), the mixes, and one run per (source, ratio, seed) of the captioner.
+
+
+def captioning_dir(out: str) -> str:
+    return f"{out}/captioning"
+
+
+def captioned_index(out: str) -> str:
+    """Every real captioned image: image_id, split, path, captions (and a scene's slots)."""
+    return f"{captioning_dir(out)}/captioned.parquet"
+
+
+def captioned_quality(out: str) -> str:
+    """What building the captioned index found: images indexed, skipped and why."""
+    return f"{captioning_dir(out)}/captioned.json"
+
+
+def scene_images(out: str, name: str) -> str:
+    """The folder of one collection of rendered scenes ('real', or an arm's name)."""
+    return f"{captioning_dir(out)}/scenes/{name}"
+
+
+def glyph_prompts(out: str, source: str) -> str:
+    """A generated arm's glyphs to sample: two per training scene."""
+    return f"{captioning_dir(out)}/glyph_prompts/{source}.parquet"
+
+
+def twin_pool(out: str, source: str) -> str:
+    """An arm's twins of the training images: image_id, path."""
+    return f"{captioning_dir(out)}/pools/{source}.parquet"
+
+
+def caption_manifest(out: str, source: str, ratio: str) -> str:
+    return f"{captioning_dir(out)}/manifests/{source}/ratio-{ratio}.parquet"
+
+
+def caption_run_dir(out: str, source: str, ratio: str, captioner: str, seed: int | str) -> str:
+    return f"{captioning_dir(out)}/runs/{source}/ratio-{ratio}/{captioner}/seed-{seed}"
+
+
+def caption_weights(out: str, source: str, ratio: str, captioner: str, seed: int | str) -> str:
+    return f"{caption_run_dir(out, source, ratio, captioner, seed)}/model.safetensors"
+
+
+def caption_predictions(out: str, source: str, ratio: str, captioner: str, seed: int | str) -> str:
+    """The run's test captions in COCO results format ([{image_id, caption}])."""
+    return f"{caption_run_dir(out, source, ratio, captioner, seed)}/predictions.json"
+
+
+def caption_metrics(out: str, source: str, ratio: str, captioner: str, seed: int | str) -> str:
+    return f"{caption_run_dir(out, source, ratio, captioner, seed)}/metrics.json"
+
+
+def meteor_scores(out: str) -> str:
+    """METEOR of every run, scored by one job (its Java start-up is ~17 s)."""
+    return f"{captioning_dir(out)}/meteor.json"
+
+
 # ---- per-job logs and benchmarks --------------------------------------------
 #
 # logs/{experiment}/{rule}/{job name}.log and benchmarks/{experiment}/{rule}/{job
@@ -301,6 +363,16 @@ JOB_NAMES = {
     "evaluate_filtered": "{source}/ratio-{ratio}/{filter}/{model}/seed-{seed}",
     "pretrain_and_probe_ssl": "{source}/ratio-{ratio}/{method}/seed-{seed}",
     "summarise_remedies": "",
+    "build_scenes": "",
+    "index_coco_captions": "",
+    "build_glyph_prompts": "{generated_source}",
+    "compose_generated_scenes": "{generated_source}",
+    "import_generated_pool": "{generated_source}",
+    "mix_captions": "{source}/ratio-{ratio}",
+    "train_captioner": "{source}/ratio-{ratio}/{captioner}/seed-{seed}",
+    "evaluate_captioner": "{source}/ratio-{ratio}/{captioner}/seed-{seed}",
+    "score_meteor": "",
+    "report_captioning": "",
     "report": "",
     "plan_costs": "",
 }

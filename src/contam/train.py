@@ -264,9 +264,14 @@ class TrainState:
         return True
 
 
-def new_state(model_config: dict, recipe: dict, num_classes: int, device: torch.device, steps_per_epoch: int) -> TrainState:
-    """A freshly initialised model with its optimiser, schedule and loss scaler."""
-    model = create_model(model_config["arch"], num_classes, model_config.get("kwargs")).to(device)
+def new_state(
+    model_config: dict, recipe: dict, num_classes: int, device: torch.device, steps_per_epoch: int, build_model: Callable[[], torch.nn.Module] | None = None
+) -> TrainState:
+    """A freshly initialised model with its optimiser, schedule and loss scaler.
+
+    ``build_model`` makes another task's model (the captioner); by default a timm classifier.
+    """
+    model = (build_model() if build_model else create_model(model_config["arch"], num_classes, model_config.get("kwargs"))).to(device)
     if recipe.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe)
@@ -285,6 +290,21 @@ def steps_per_epoch(per_rank: int, batch_size: int) -> int:
 
 # ---- what stays fixed for a run ---------------------------------------------------
 
+# (model, inputs, targets) -> (mean loss, correct predictions, predictions): a
+# classifier counts images, the captioner counts caption tokens.
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, int, int]]
+
+
+def classification_loss(label_smoothing: float = 0.0) -> LossFn:
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def loss_fn(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        logits = model(images)
+        return criterion(logits, labels), int((logits.argmax(1) == labels).sum()), len(labels)
+
+    return loss_fn
+
+
 
 @dataclass
 class Trainer:
@@ -292,7 +312,7 @@ class Trainer:
 
     processes: Processes
     fit_model: torch.nn.Module  # the model as trained: wrapped for several processes, compiled
-    criterion: torch.nn.Module
+    loss_fn: "LossFn"
     autocast: torch.autocast
     channels_last: bool
     loader: DataLoader
@@ -313,11 +333,11 @@ class Trainer:
         self.sampler.set_epoch(state.epoch, start=state.step_in_epoch * batch_size)
         state.model.train()
         batches = tqdm(self.loader, desc=f"epoch {state.epoch}", mininterval=10, leave=False, disable=not self.processes.main)
-        for images, labels in batches:
-            if len(labels) == 1 < batch_size:
+        for inputs, targets in batches:
+            if len(targets) == 1 < batch_size:
                 continue
-            self.step(state, images, labels)
-            meter.add(len(labels))
+            self.step(state, inputs, targets)
+            meter.add(len(targets))
             if self.processes.agreed(stop.count_step()):
                 self.checkpoint()
                 raise Preempted(f"stopped at epoch {state.epoch} step {state.step_in_epoch}; checkpoint saved")
@@ -325,22 +345,20 @@ class Trainer:
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
         self.checkpoint()
 
-    def step(self, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def step(self, state: TrainState, images: torch.Tensor, targets: torch.Tensor) -> None:
         device = self.processes.device
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.autocast:
-            logits = self.fit_model(images)
-            loss = self.criterion(logits, labels)
+            loss, correct, count = self.loss_fn(self.fit_model, images, targets)
         state.optimizer.zero_grad(set_to_none=True)
         self.processes.backward(state.scaler.scale(loss))
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.schedule.step()
         state.step_in_epoch += 1
-        correct = int((logits.argmax(1) == labels).sum())
-        state.epoch_stats += torch.tensor([float(loss.detach()) * len(labels), correct, len(labels)], dtype=torch.float64)
+        state.epoch_stats += torch.tensor([float(loss.detach()) * count, correct, count], dtype=torch.float64)
 
     def log_row(self, state: TrainState, meter: Throughput) -> dict:
         """The epoch's line of train_log.csv, over all ranks (a collective)."""
@@ -361,7 +379,15 @@ class Trainer:
 
 
 def make_trainer(
-    state: TrainState, recipe: dict, processes: Processes, dataset: Dataset, sampler: EpochSampler, num_workers: int, seed: int, checkpoint: Callable[[], None]
+    state: TrainState,
+    recipe: dict,
+    processes: Processes,
+    dataset: Dataset,
+    sampler: EpochSampler,
+    num_workers: int,
+    seed: int,
+    checkpoint: Callable[[], None],
+    loss_fn: LossFn | None = None,
 ) -> Trainer:
     device = processes.device
     # One DataLoader for the whole run: its workers (if any) persist across
@@ -390,7 +416,7 @@ def make_trainer(
     return Trainer(
         processes=processes,
         fit_model=fit_model,
-        criterion=torch.nn.CrossEntropyLoss(label_smoothing=recipe.get("label_smoothing", 0.0)),
+        loss_fn=loss_fn or classification_loss(recipe.get("label_smoothing", 0.0)),
         autocast=torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32"),
         channels_last=bool(recipe.get("channels_last")),
         loader=loader,
@@ -417,6 +443,8 @@ def train(
     dataset: Dataset | None = None,
     processes: int = 1,
     decode: str = "cpu",
+    build_model: Callable[[], torch.nn.Module] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict:
     """Train, resuming from ``out_dir/checkpoint.pt`` when it matches ``fingerprint``.
 
@@ -427,7 +455,8 @@ def train(
     number of training processes the run is meant for; under a multi-process
     launch (``accelerate launch``) the device is the process's own. ``decode``
     is execution.decode: ``cuda`` decodes JPEGs on that device (see
-    ``contam.models.decode_device``).
+    ``contam.models.decode_device``). ``build_model`` and ``loss_fn`` train
+    another task's model on the same machinery (``contam.captioner``).
     """
     with deterministic(bool(recipe.get("deterministic", False))):
         procs = Processes(device, processes)
@@ -444,16 +473,16 @@ def train(
             # A filtered twin can drop every row (the oracle at ratio 1.0): the
             # run is then its initial weights, which evaluate measures honestly.
             log.warning("the manifest has no rows: the model keeps its initial (random) weights")
-            state = new_state(model_config, recipe, num_classes, procs.device, 0)
+            state = new_state(model_config, recipe, num_classes, procs.device, 0, build_model)
             if procs.main:
                 write_outputs(state, out, fingerprint)
             procs.wait()
             return {"epochs": 0, "final_loss": None, "processes": procs.world}
         sampler = EpochSampler(len(dataset), seed, rank=procs.rank, world_size=procs.world, with_seeds=True)
-        state = new_state(model_config, recipe, num_classes, procs.device, steps_per_epoch(sampler.per_rank, int(recipe["batch_size"])))
+        state = new_state(model_config, recipe, num_classes, procs.device, steps_per_epoch(sampler.per_rank, int(recipe["batch_size"])), build_model)
         state.load(checkpoint, fingerprint, procs)
         save = functools.partial(state.save, checkpoint, fingerprint, procs)
-        trainer = make_trainer(state, recipe, procs, dataset, sampler, num_workers, seed, save)
+        trainer = make_trainer(state, recipe, procs, dataset, sampler, num_workers, seed, save, loss_fn)
         with _StopFlag(stop_after_steps) as stop:
             if state.rng is not None:
                 restore_rng(state.rng, procs.device)

@@ -120,6 +120,24 @@ def main(argv: list[str] | None = None) -> int:
             from contam.prepare import cached_paths
 
             manifest = cached_paths(manifest, [read_parquet(path) for path in job["cached"]])
+        if job.get("task") == "captioning":
+            from contam.captioner import train_captioner
+
+            summary = train_captioner(
+                manifest,
+                job["captioner"],
+                job["recipe"],
+                int(job["seed"]),
+                out_dir=job["out_dir"],
+                fingerprint=job["fingerprint"],
+                device=torch.device(job.get("device", "cpu")),
+                processes=int(job["processes"]),
+                num_workers=int(job.get("num_workers", 0)),
+                stop_after_steps=job.get("stop_after_steps"),
+            )
+            if rank == 0:
+                logging.getLogger("contam").info("trained: %s", summary)
+            return 0
         summary = train.train(
             manifest,
             job["model"],

@@ -19,6 +19,7 @@ os.environ.update(
 
 from contam import config as contam_config
 from contam import (
+    captioning,
     config_checks,
     config_paths,
     generative,
@@ -60,11 +61,14 @@ EMBEDDED_GENERATORS = sorted(
     {
         config["sources"][s]["generator"]
         for s in GENERATED
-        if config["generators"][config["sources"][s]["generator"]]["kind"] == "embedded"
+        if "generator" in config["sources"][s]
+        and config["generators"][config["sources"][s]["generator"]]["kind"]
+        == "embedded"
     }
 )
+CAPTIONING = captioning.is_captioning(config)
 ANALYSIS = config.get("analysis", {})
-ANALYSIS_ON = not GENERATION_ONLY and ANALYSIS["enabled"]
+ANALYSIS_ON = not GENERATION_ONLY and not CAPTIONING and ANALYSIS["enabled"]
 ANALYSIS_MODEL = ANALYSIS.get("classifier") or next(
     iter(config.get("models", {})), None
 )
@@ -131,6 +135,11 @@ wildcard_constraints:
     detector=_alternatives(DETECTORS),
     filter=_alternatives(FILTERS),
     method=_alternatives([SSL_METHOD] if SSL_METHOD else []),
+    captioner=_alternatives(
+        [config["captioning"]["captioner"]["name"]]
+        if captioning.is_captioning(config)
+        else []
+    ),
 
 
 onstart:
@@ -149,6 +158,9 @@ def real_index(wildcards=None):
 
 
 def prompts_of(wildcards):
+    # The captioning study samples the glyphs of its training scenes instead.
+    if CAPTIONING:
+        return layout.glyph_prompts(OUT, wildcards.generated_source)
     return layout.prompts(OUT, wildcards.generated_source)
 
 
@@ -299,6 +311,8 @@ def study_targets():
         ]
     if GENERATIVE:
         return generative_metrics() + generative_report_files()
+    if CAPTIONING:
+        return captioning_metrics() + captioning_report_files()
     return all_metrics() + report_files()
 
 
@@ -311,6 +325,8 @@ def report_files():
 
 
 def all_metrics():
+    if CAPTIONING:
+        return []
     return [run.metrics(OUT) for run in contam_config.runs(config)]
 
 
@@ -765,4 +781,113 @@ def remedies_summary_inputs(wildcards):
         "detectors": [layout.detector_metrics(OUT, d) for d in DETECTORS],
         "audit": layout.format_audit(OUT),
         "ssl": ssl_metrics(),
+    }
+
+
+# ---- the captioning study (task: captioning) -------------------------------------
+
+CAPTIONER = config["captioning"]["captioner"]["name"] if CAPTIONING else None
+COCO_CAPTIONS = CAPTIONING and config["real"]["kind"] == "coco"
+IMPORTED = [s for s in GENERATED if "index" in config["sources"][s]]
+
+
+def captioned_index(wildcards=None):
+    return layout.captioned_index(OUT)
+
+
+def imported_index(wildcards):
+    """Another experiment's generated index (SD-COCO): an input once it exists, so
+    a remade one reruns the pool; absent, the DAG still plans (a dry run anywhere)
+    and onstart stops a real run naming the key."""
+    path = config["sources"][wildcards.generated_source]["index"]
+    return path if os.path.exists(path) else []
+
+
+def twin_pool_of(wildcards):
+    """The twins a manifest draws replacement images from (none at ratio 0)."""
+    source = wildcards.source
+    if source == BASELINE:
+        if float(wildcards.ratio) != 0:
+            raise WorkflowError(
+                f"source {BASELINE!r} is the real-only baseline; it exists only at ratio 0.0"
+            )
+        return []
+    if float(wildcards.ratio) == 0:
+        raise WorkflowError(
+            f"ratio 0 is shared by all sources: use {layout.caption_manifest(OUT, BASELINE, layout.BASELINE_RATIO)}"
+        )
+    return layout.twin_pool(OUT, source)
+
+
+def caption_manifest_of(wildcards):
+    return layout.caption_manifest(OUT, wildcards.source, wildcards.ratio)
+
+
+def caption_mix_settings(wildcards):
+    source = wildcards.source
+    origin = "real" if source == BASELINE else config["sources"][source]["origin"]
+    return {"ratio": float(wildcards.ratio), "origin": origin, "seed": config["seed"]}
+
+
+def captioner_run_settings(wildcards):
+    return captioning.run_settings(config, wildcards.seed)
+
+
+def caption_evaluation_settings(wildcards=None):
+    return captioning.evaluation_settings(config)
+
+
+def control_twin_pools():
+    return [layout.twin_pool(OUT, s) for s in CONTROLS]
+
+
+def scene_counts():
+    return config["captioning"]["scenes"]
+
+
+def captioning_runs():
+    return captioning.runs(config) if CAPTIONING else []
+
+
+def captioning_metrics():
+    return [run.metrics(OUT, CAPTIONER) for run in captioning_runs()] + meteor_outputs()
+
+
+def caption_predictions_all(wildcards=None):
+    return [run.predictions(OUT, CAPTIONER) for run in captioning_runs()]
+
+
+def meteor_outputs():
+    return [layout.meteor_scores(OUT)] if CAPTIONING else []
+
+
+def captioning_report_files():
+    return [
+        f"{REPORT}/captioning.html",
+        f"{REPORT}/captioning_summary.csv",
+    ]
+
+
+def captioning_benchmark_files():
+    files = [bench("index_coco_captions" if COCO_CAPTIONS else "build_scenes")]
+    files += image_benchmark_files() if not COCO_CAPTIONS else []
+    for run in captioning_runs():
+        values = dict(
+            source=run.source, ratio=run.ratio, captioner=CAPTIONER, seed=run.seed
+        )
+        files += [
+            bench("train_captioner", **values),
+            bench("evaluate_captioner", **values),
+        ]
+    return files
+
+
+def captioning_report_inputs(wildcards):
+    return {
+        "metrics": [run.metrics(OUT, CAPTIONER) for run in captioning_runs()],
+        "predictions": caption_predictions_all(),
+        "meteor": meteor_outputs(),
+        "captioned": captioned_index(),
+        "pools": [layout.twin_pool(OUT, s) for s in SOURCES],
+        "benchmarks": captioning_benchmark_files(),
     }
