@@ -42,13 +42,13 @@ class CaptionRun:
 
 def runs(config: dict) -> list[CaptionRun]:
     """Every captioner run: ratio 0 once per seed (source 'real'), every arm above it."""
+    from contam.config import arms_at
+
     result = set()
     for ratio in config["mixing"]["ratios"]:
-        tag = layout.ratio_tag(ratio)
-        arms = [layout.BASELINE_SOURCE] if float(ratio) == 0 else sorted(config["sources"])
-        for source in arms:
+        for source in arms_at(config, ratio):
             for seed in config["seeds"]:
-                result.add(CaptionRun(source, tag, int(seed)))
+                result.add(CaptionRun(source, layout.ratio_tag(ratio), int(seed)))
     return sorted(result)
 
 
@@ -148,7 +148,7 @@ def evaluate_run(run_dir, settings: dict, evaluation: dict, captioned, device, b
     ROUGE-L and CIDEr with the tokenizer that was used, and, for the digit
     scenes, the slot accuracy of the captions parsed back by the template grammar.
     """
-    from contam import caption_metrics, captioner, scenes
+    from contam import caption_data, caption_metrics, captioner, scenes
 
     test = test_images(captioned)
     model, vocab = captioner.load_captioner(run_dir, settings["captioner"], device)
@@ -163,7 +163,7 @@ def evaluate_run(run_dir, settings: dict, evaluation: dict, captioned, device, b
         device,
     )
     predictions = {int(i): c for i, c in zip(test["image_id"], captions)}
-    refs = {int(i): [str(c) for c in caps] for i, caps in zip(test["image_id"], test["captions"])}
+    refs = caption_data.references(test, "test")
     tokenizer = caption_metrics.choose_tokenizer(evaluation["tokenizer"])
     scores = caption_metrics.coco_scores(predictions, refs, tokenizer)
     metrics = {

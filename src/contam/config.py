@@ -92,6 +92,11 @@ class Run:
         return layout.metrics(out, self.source, self.ratio, self.model, self.seed)
 
 
+def arms_at(config: dict, ratio: float | str) -> list[str]:
+    """The sources trained at a ratio: the shared real baseline at 0, every arm above."""
+    return [layout.BASELINE_SOURCE] if float(ratio) == 0 else sorted(config["sources"])
+
+
 def runs(config: dict) -> list[Run]:
     """Every classifier training run of the study. Ratio 0 is shared by all arms, once."""
     if generation_only(config) or "models" not in config:
@@ -99,8 +104,7 @@ def runs(config: dict) -> list[Run]:
     result = set()
     for ratio in config["mixing"]["ratios"]:
         tag = layout.ratio_tag(ratio)
-        arms = [layout.BASELINE_SOURCE] if float(ratio) == 0 else sorted(config["sources"])
-        for source in arms:
+        for source in arms_at(config, ratio):
             for model in config["models"]:
                 for seed in config["seeds"]:
                     result.add(Run(source, tag, model, int(seed)))

@@ -630,8 +630,7 @@ def ssl_ratios():
 
 
 def arms_at(ratio):
-    """The sources trained at a ratio: the shared real baseline at 0, every arm above."""
-    return [BASELINE] if float(ratio) == 0 else SOURCES
+    return contam_config.arms_at(config, ratio)
 
 
 def filtered_runs():
