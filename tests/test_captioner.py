@@ -200,6 +200,40 @@ def test_caption_loss_ignores_padding():
     assert 0 <= correct <= count
 
 
+def test_presence_targets_mark_the_caption_words_only():
+    tokens = torch.tensor([[1, 5, 6, 5, 2, 0], [1, 7, 2, 0, 0, 0]])
+    targets = cap.presence_targets(tokens, 9, ignore=[0, 1, 2])
+    assert targets.tolist() == [[0, 0, 0, 0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1, 0]]
+
+
+def test_presence_loss_is_added_with_its_weight_and_its_head_is_optional():
+    torch.manual_seed(0)
+    images, tokens = torch.randn(2, 3, 32, 32), torch.tensor([[1, 5, 6, 7, 2, 0, 0], [1, 8, 2, 0, 0, 0, 0]])
+    plain = cap.Captioner.from_settings(SETTINGS, vocab_size=20)
+    assert plain.presence is None
+    with pytest.raises(ValueError, match="presence_weight"):
+        plain.presence_logits(plain.encode(images))
+    torch.manual_seed(0)
+    model = cap.Captioner.from_settings({**SETTINGS, "presence_weight": 2.5}, vocab_size=20).eval()
+    memory = model.encode(images)
+    scores = model.presence_logits(memory)
+    # Each word's image score is its best place's score.
+    torch.testing.assert_close(scores, model.presence(memory).max(dim=1).values)
+    logits, presence = model(images, tokens[:, :-1], with_presence=True)
+    torch.testing.assert_close(logits, model(images, tokens[:, :-1]))
+    torch.testing.assert_close(presence, scores)
+    caption_only, correct, count = cap.caption_loss(0.0, 0)(model, images, tokens)
+    both, correct_both, count_both = cap.caption_loss(0.0, 0, 2.5, [1, 2])(model, images, tokens)
+    words = cap.presence_targets(tokens, 20, [0, 1, 2])
+    expected = caption_only + 2.5 * torch.nn.functional.binary_cross_entropy_with_logits(scores, words)
+    torch.testing.assert_close(both, expected)
+    # Accuracy stays next-token accuracy.
+    assert (correct_both, count_both) == (correct, count)
+    # Weights trained with the head do not load into a model without it: strict.
+    with pytest.raises(RuntimeError):
+        plain.load_state_dict(model.state_dict(), strict=True)
+
+
 # ---- training and decoding -------------------------------------------------------------------
 
 

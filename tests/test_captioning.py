@@ -72,6 +72,8 @@ def test_coco_captioning_plans_one_train_and_evaluate_per_arm_ratio_and_seed(tmp
         (lambda c: c["captioning"]["captioner"].update(heads=3), "captioning.captioner.heads"),
         (lambda c: c["captioning"]["captioner"].update(arch="no_such_net"), "captioning.captioner.arch"),
         (lambda c: c["captioning"]["captioner"].update(kind="folder"), "captioning.captioner.folder"),
+        (lambda c: c["captioning"]["captioner"].update(kind="folder", folder="/weights/vit-gpt2", presence_weight=1.0), "captioning.captioner.presence_weight"),
+        (lambda c: c["captioning"]["captioner"].update(presence_weight=-1), "presence_weight"),
         (lambda c: c["sources"]["control"].update(real_split="train"), "sources.control.real_split"),
         (lambda c: c["sources"]["generated"].update(prompts={"style": "plain"}), "sources.generated.prompts"),
         (lambda c: c.update(models={"r": {"arch": "resnet10t"}}), "models"),

@@ -27,7 +27,7 @@ def tiny_captioning(config: dict) -> dict:
     config["training"].update(epochs=2, batch_size=32, label_smoothing=0.0)
     config["captioning"] = {
         "scenes": {"train": 60, "test": 24},
-        "captioner": {"name": "tiny-tx", "kind": "embedded", "arch": "resnet10t", "image_size": 16, "feature_stage": 2, "d_model": 32, "layers": 1, "heads": 2, "max_len": 12},
+        "captioner": {"name": "tiny-tx", "kind": "embedded", "arch": "resnet10t", "image_size": 16, "feature_stage": 2, "d_model": 32, "layers": 1, "heads": 2, "max_len": 12, "presence_weight": 1.0},
         "decoding": {"beam_size": 2},
         "samples": 3,
     }
@@ -115,7 +115,7 @@ def test_each_run_has_coco_metrics_slots_and_coco_format_predictions(captioning_
         assert set(metrics["coco"]) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
         assert all(0 <= v for v in metrics["coco"].values()) and metrics["n_images"] == 24
         assert metrics["tokenizer"] == caption_metrics.choose_tokenizer("auto")
-        assert set(scenes.SLOT_NAMES) <= set(metrics["slots"]) and metrics["slots"]["n"] == 24
+        assert {*scenes.SLOT_NAMES, *scenes.ORDER_FREE_NAMES} <= set(metrics["slots"]) and metrics["slots"]["n"] == 24
         results = json.loads((run / "predictions.json").read_text())
         _, loaded = caption_metrics.load_results_with_pycocotools(references, results)
         assert len(loaded.getImgIds()) == 24

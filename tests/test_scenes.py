@@ -184,7 +184,16 @@ def test_slot_accuracy_on_hand_made_cases():
     assert result["colour_2"] == 0.5
     assert result["digit_1"] == result["colour_1"] == result["digit_2"] == result["axis"] == 0.75
     assert all(type(v) is float for k, v in result.items() if k != "n")
-    assert set(result) == set(scenes.SLOT_NAMES) | {"all_slots", "parsed", "n"}
+    assert set(result) == set(scenes.SLOT_NAMES) | set(scenes.ORDER_FREE_NAMES) | {"all_slots", "parsed", "n"}
+    # Order-free: (1 + 1 + 1 + 0) / 4 digits; glyphs (1 + 1 + 0.5 + 0) / 4.
+    assert result["digits_any_order"] == 0.75 and result["glyphs_any_order"] == 0.625
+    # The relation the wrong way round: every ordered slot but the axis wrong, both glyphs named.
+    swapped = scenes.slot_accuracy(["a red three right of a blue seven"], [Slots(3, "red", 7, "blue", "horizontal")])
+    assert swapped["digit_1"] == swapped["colour_1"] == swapped["digit_2"] == swapped["colour_2"] == 0.0
+    assert swapped["digits_any_order"] == swapped["glyphs_any_order"] == swapped["axis"] == 1.0
+    # A repeated digit counts once per glyph that has it.
+    twice = scenes.slot_accuracy(["a red three left of a red three"], [Slots(3, "red", 7, "red", "horizontal")])
+    assert twice["digits_any_order"] == twice["glyphs_any_order"] == 0.5
     vertical = scenes.slot_accuracy(["a red three above a blue seven"], [Slots(3, "red", 7, "blue", "horizontal")])
     assert vertical["axis"] == 0.0 and vertical["digit_1"] == 1.0 and vertical["all_slots"] == 0.0
     with pytest.raises(ValueError):

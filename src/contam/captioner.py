@@ -152,13 +152,28 @@ def check_augment(augment: dict | None) -> dict:
     return {"translate": translate}
 
 
-def caption_transform(image_size: int, mean: Sequence[float] = MEAN, std: Sequence[float] = STD, translate: float = 0.0) -> v2.Compose:
-    """Resize to a square (no crop: a crop could cut off an object the caption names), then normalise."""
-    steps = [v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)]
-    if translate:
-        steps.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))
+def resize_transform(image_size: int) -> v2.Compose:
+    """The deterministic first part of :func:`caption_transform`: a uint8 tensor, resized to a square."""
+    return v2.Compose([v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)])
+
+
+def finish_transform(mean: Sequence[float] = MEAN, std: Sequence[float] = STD, translate: float = 0.0) -> v2.Compose:
+    """The rest of :func:`caption_transform`, from the resized uint8 tensor."""
+    steps = [v2.RandomAffine(degrees=0.0, translate=(translate, translate))] if translate else []
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
+
+
+def caption_transform(image_size: int, mean: Sequence[float] = MEAN, std: Sequence[float] = STD, translate: float = 0.0) -> v2.Compose:
+    """Resize to a square (no crop: a crop could cut off an object the caption names), then normalise."""
+    return v2.Compose([*resize_transform(image_size).transforms, *finish_transform(mean, std, translate).transforms])
+
+
+# Decoded, resized images of a dataset are kept in memory when all of them fit
+# in this many bytes: the digit scenes (a few MB) are decoded once per run
+# instead of once per epoch, which was a third of a step's time; a COCO-sized
+# manifest never is.
+CACHE_BYTES = 256 * 2**20
 
 
 def caption_lists(manifest: pd.DataFrame) -> list[list[str]]:
@@ -196,8 +211,11 @@ class CaptionDataset(Dataset):
             raise ValueError(f"{len(empty)} image(s) have no caption, e.g. {empty[0]}")
         self.vocab, self.max_len, self.seed = vocab, int(max_len), int(seed)
         augment = check_augment(augment)
-        self.plain = caption_transform(image_size, mean, std)
-        self.augmented = caption_transform(image_size, mean, std, augment["translate"]) if augment["translate"] else self.plain
+        self.resize = resize_transform(image_size)
+        self.plain = finish_transform(mean, std)
+        self.augmented = finish_transform(mean, std, augment["translate"]) if augment["translate"] else self.plain
+        # Without augmentation an item's pixels never change: keep them ready (float32).
+        self.cache: dict[int, torch.Tensor] | None = {} if len(self.paths) * 3 * image_size**2 * 4 <= CACHE_BYTES else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -209,16 +227,37 @@ class CaptionDataset(Dataset):
         """Which of image i's captions the item with ``seed`` teaches."""
         return int(np.random.default_rng([int(seed) & (2**63 - 1), self.seed]).integers(len(self.captions[i])))
 
+    def _cached(self, i: int, make) -> torch.Tensor:
+        if self.cache is None:
+            return make(i)
+        if i not in self.cache:
+            self.cache[i] = make(i)
+        return self.cache[i]
+
+    def resized(self, i: int) -> torch.Tensor:
+        """Image i decoded and resized (uint8); kept in memory when the dataset is small and augmented."""
+        if self.augmented is self.plain:
+            return self.resize(load_rgb(self.paths[i]))
+        return self._cached(i, lambda j: self.resize(load_rgb(self.paths[j])))
+
+    def pixels(self, i: int) -> torch.Tensor:
+        """Image i as the model reads it unaugmented; kept in memory when the dataset is small and not augmented."""
+        if self.augmented is self.plain:
+            return self._cached(i, lambda j: self.plain(self.resized(j)))
+        return self.plain(self.resized(i))
+
     def __getitem__(self, key):
         if isinstance(key, tuple):
             i, seed = (int(k) for k in key)
-            image = load_rgb(self.paths[i])
-            with torch.random.fork_rng(devices=[]):
-                torch.random.default_generator.manual_seed(seed)
-                pixels = self.augmented(image)
+            if self.augmented is self.plain:
+                pixels = self.pixels(i)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.random.default_generator.manual_seed(seed)
+                    pixels = self.augmented(self.resized(i))
             return pixels, self.tokens(i, self.choice(i, seed))
         i = int(key)
-        return self.plain(load_rgb(self.paths[i])), self.tokens(i, 0)
+        return self.pixels(i), self.tokens(i, 0)
 
 
 # ---- the embedded model --------------------------------------------------------------
@@ -242,6 +281,7 @@ class Captioner(nn.Module):
         max_len: int = 20,
         tie: bool = True,
         encoder_kwargs: dict | None = None,
+        presence: bool = False,
     ):
         super().__init__()
         import timm
@@ -272,6 +312,9 @@ class Captioner(nn.Module):
             self.out_bias = nn.Parameter(torch.zeros(vocab_size))
         else:
             self.out = nn.Linear(d_model, vocab_size)
+        # The word-presence head (see presence_logits); absent when its loss is off,
+        # so weights trained without it load strictly.
+        self.presence = nn.Linear(d_model, vocab_size) if presence else None
         for p in (self.place, self.position, self.embed.weight):
             nn.init.normal_(p, std=0.02)
 
@@ -289,6 +332,7 @@ class Captioner(nn.Module):
             max_len=settings.get("max_len", 20),
             tie=settings.get("tie", True),
             encoder_kwargs=settings.get("encoder_kwargs"),
+            presence=float(settings.get("presence_weight", 0)) > 0,
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -314,9 +358,25 @@ class Captioner(nn.Module):
             return F.linear(hidden, self.embed.weight, self.out_bias)
         return self.out(hidden)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits [B, T, V] for the next token at every position of ``tokens`` [B, T]."""
-        return self.logits(self.hidden(self.encode(images), tokens))
+    def presence_logits(self, memory: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] that each word is in the image's caption: every place scores every word, the image takes the best place.
+
+        The maximum (multiple-instance learning) rather than the mean makes each
+        place answer for what it holds, which is what the decoder's attention reads.
+        """
+        if self.presence is None:
+            raise ValueError("this captioner has no word-presence head (presence_weight is 0)")
+        return self.presence(memory).amax(dim=1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, with_presence: bool = False):
+        """Logits [B, T, V] for the next token at every position of ``tokens`` [B, T].
+
+        ``with_presence`` also returns :meth:`presence_logits` from the same
+        memory (one call, so a DistributedDataParallel wrapper sees one forward).
+        """
+        memory = self.encode(images)
+        logits = self.logits(self.hidden(memory, tokens))
+        return (logits, self.presence_logits(memory)) if with_presence else logits
 
     def decode_step(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits [B, V] of the token after ``tokens`` (the whole prefix is re-read: captions are short)."""
@@ -453,10 +513,21 @@ class FolderVocabulary:
 # ---- loss --------------------------------------------------------------------------------
 
 
-def caption_loss(label_smoothing: float = 0.0, pad_id: int = 0) -> training.LossFn:
+def presence_targets(tokens: torch.Tensor, vocab_size: int, ignore: Sequence[int]) -> torch.Tensor:
+    """Multi-hot [B, V]: which words each caption of ``tokens`` [B, T] holds, ``ignore`` ids (pad, bos, eos) left out."""
+    targets = torch.zeros(tokens.shape[0], vocab_size, device=tokens.device)
+    targets.scatter_(1, tokens, 1.0)
+    targets[:, list(ignore)] = 0.0
+    return targets
+
+
+def caption_loss(label_smoothing: float = 0.0, pad_id: int = 0, presence_weight: float = 0.0, special_ids: Sequence[int] = ()) -> training.LossFn:
     """Teacher forcing: read tokens[:, :-1], predict tokens[:, 1:], ignoring ``pad_id`` targets.
 
     ``correct``/``count`` are next-token accuracy over the targets that count.
+    A ``presence_weight`` above 0 adds that times the word-presence loss
+    (binary cross-entropy of :meth:`Captioner.presence_logits` against the
+    words of the taught caption, ``special_ids`` left out); embedded kind only.
     """
 
     def loss_fn(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -464,9 +535,15 @@ def caption_loss(label_smoothing: float = 0.0, pad_id: int = 0) -> training.Loss
         # causal decoder gives the same logits elsewhere, for less work.
         used = int((tokens != pad_id).any(0).nonzero().max()) + 1
         tokens = tokens[:, :used]
-        logits = model(images, tokens[:, :-1])
         targets = tokens[:, 1:]
+        if presence_weight > 0:
+            logits, presence = model(images, tokens[:, :-1], with_presence=True)
+        else:
+            logits = model(images, tokens[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=pad_id, label_smoothing=label_smoothing)
+        if presence_weight > 0:
+            words = presence_targets(tokens, presence.shape[-1], [pad_id, *special_ids])
+            loss = loss + presence_weight * F.binary_cross_entropy_with_logits(presence.float(), words)
         mask = targets != pad_id
         correct = int(((logits.argmax(-1) == targets) & mask).sum())
         return loss, correct, int(mask.sum())
@@ -697,6 +774,7 @@ def train_captioner(
     if kind == "embedded":
         vocab = _fix_vocab(manifest, settings, out)
         size, mean, std, pad = int(settings["image_size"]), MEAN, STD, vocab.pad
+        presence_weight, special = float(settings.get("presence_weight", 0)), [vocab.bos, vocab.eos]
 
         def build_model() -> nn.Module:
             return Captioner.from_settings(settings, len(vocab))
@@ -704,6 +782,7 @@ def train_captioner(
         folder = FolderCaptioner.load(settings["folder"])
         vocab = FolderVocabulary(folder)
         size, mean, std, pad = folder.image_size, folder.image_mean, folder.image_std, IGNORE
+        presence_weight, special = 0.0, []
         del folder  # build_model loads afresh after train.train has seeded the RNGs
 
         def build_model() -> nn.Module:
@@ -724,7 +803,7 @@ def train_captioner(
         dataset=dataset,
         processes=processes,
         build_model=build_model,
-        loss_fn=caption_loss(recipe.get("label_smoothing", 0.0), pad),
+        loss_fn=caption_loss(recipe.get("label_smoothing", 0.0), pad, presence_weight, special),
     )
 
 

@@ -94,6 +94,8 @@ def check(config: dict, problems: list[str], known_timm_models: set[str]) -> Non
     if captioner["kind"] == "folder":
         if "folder" not in captioner:
             problems.append("captioning.captioner.folder: required for a folder captioner (a local save_pretrained folder; nothing is downloaded)")
+        if captioner.get("presence_weight", 0) > 0:
+            problems.append("captioning.captioner.presence_weight: only for kind embedded (a folder model has no word-presence head)")
     else:
         if captioner.get("folder"):
             problems.append("captioning.captioner.folder: only for kind folder")

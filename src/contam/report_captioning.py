@@ -35,7 +35,7 @@ from contam.io import atomic_path, write_text
 from contam.layout import BASELINE_SOURCE, ratio_tag
 from contam.report import Section, bracket, html_table, ratio_label, with_interval, with_shared_baseline
 from contam.report_generative import mean_interval, verdict
-from contam.scenes import SLOT_NAMES
+from contam.scenes import ORDER_FREE_NAMES, SLOT_NAMES
 
 PAGE = "captioning.html"
 SUMMARY = "captioning_summary.csv"
@@ -59,6 +59,8 @@ SLOT_METRICS = {
     "digit_2": "digit 2",
     "colour_2": "colour 2",
     "axis": "relation axis",
+    "digits_any_order": "digits, any order",
+    "glyphs_any_order": "glyphs, any order",
     "all_slots": "all slots",
     "parsed": "parsed",
 }
@@ -67,7 +69,7 @@ METRIC_ORDER = list(METRIC_NAMES)
 DIGITS = 3
 # What the headline is about: the consensus metric and the strictest n-gram one.
 HEADLINE_METRICS = ["CIDEr", "Bleu_4"]
-PLOT_METRICS = ["Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "all_slots"]
+PLOT_METRICS = ["Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "digits_any_order", "all_slots"]
 TWINS_SHOWN = 4
 THUMB = 96
 
@@ -78,7 +80,7 @@ CONTRAST = "generated minus control"
 CONTRAST_COLUMNS = ["comparison", "source", "against", "ratio", "metric", "seeds", "difference", "ci95_low", "ci95_high"]
 SPICE_NOTE = "SPICE is left out: it needs a download (Stanford CoreNLP models)."
 
-assert set(SLOT_NAMES) <= set(SLOT_METRICS), "contam.scenes has a slot this report does not name"
+assert set(SLOT_NAMES) | set(ORDER_FREE_NAMES) <= set(SLOT_METRICS), "contam.scenes has a slot this report does not name"
 
 
 # ---- reading and checking the runs ---------------------------------------------------
@@ -285,7 +287,7 @@ def slot_changes(changes: pd.DataFrame, arms: list[str], origins: dict[str, str]
     ranked (``rank`` 1 = hurt most), arms in the declared order within a slot.
     """
     data = largest_ratio_changes(changes, arms)
-    data = data[data["metric"].isin(SLOT_NAMES)].rename(columns={"metric": "slot", "source": "arm"})
+    data = data[data["metric"].isin([*SLOT_NAMES, *ORDER_FREE_NAMES])].rename(columns={"metric": "slot", "source": "arm"})
     columns = ["rank", "slot", "arm", "ratio", "seeds", "difference", "ci95_low", "ci95_high"]
     if data.empty:
         return pd.DataFrame(columns=columns)
@@ -531,7 +533,7 @@ def plot_metrics(summary: pd.DataFrame, arms: list[str], origins: dict[str, str]
             shift = (j - (len(arms) - 1) / 2) * dodge
             ax.errorbar(100 * data["ratio"].to_numpy(dtype=float) + shift, mean, yerr=err, marker=markers[j % 6], linestyle=styles[j % 4], color=f"C{j}", capsize=3,
                         label=f"{arm} ({origins.get(arm, '?')}, {seeds})")
-        ax.set_title(METRIC_NAMES[key] + (" accuracy" if key == "all_slots" else ""), fontsize=10)
+        ax.set_title(METRIC_NAMES[key] + (" accuracy" if key in SLOT_METRICS else ""), fontsize=10)
         ax.set_xlabel("training images replaced (%)", fontsize=8)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -593,7 +595,9 @@ def about_section(page: Page) -> Section:
         ("BLEU-1 to 4: n-gram precision against the reference captions; METEOR: unigram matches with stems and paraphrases; ROUGE-L: longest common subsequence; "
          "CIDEr: TF-IDF weighted n-gram consensus with the references (its document frequencies come from the test references, so runs compare only on the same images). Higher is better."),
         *(["Slot accuracy (digit scenes): each caption is parsed back with the template grammar; a slot (a digit, its colour, the relation's axis) is right when the caption names it right, "
-           "'all slots' when all five are, 'parsed' is the share of captions the grammar reads at all (an unparsed caption gets every slot wrong)."] if page.slots else []),
+           "'all slots' when all five are, 'parsed' is the share of captions the grammar reads at all (an unparsed caption gets every slot wrong). "
+           "The ordered slots follow the caption's relation, so a caption that reads both glyphs right but puts them the wrong way round gets all four wrong; "
+           "'digits, any order' and 'glyphs, any order' (digit with its colour) count what the caption names whatever the relation says: what is there, apart from where."] if page.slots else []),
         (f"Ratio 0 is one shared real-only captioner per seed; it starts every arm's curve. Means are over seeds with a 95 % t-interval over seeds [low, high]; "
          f"n is the number of seeds; with one seed there is no interval. The table behind the numbers is <a href='{SUMMARY}'>{SUMMARY}</a>."),
     ]
@@ -623,7 +627,7 @@ def scores_section(page: Page) -> Section | None:
 
 
 def figure_section(page: Page) -> Section:
-    keys = [k for k in PLOT_METRICS if page.has(k) and (k != "all_slots" or page.slots)]
+    keys = [k for k in PLOT_METRICS if page.has(k) and (k not in SLOT_METRICS or page.slots)]
     png = page.out_dir / "figures" / METRICS_FIGURE
     plot_metrics(page.summary, page.arms, page.origins, keys, png)
     page.written["metrics_figure"] = png

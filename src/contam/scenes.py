@@ -28,6 +28,7 @@ from global state: the same glyph table and seed give the same scenes.
 from __future__ import annotations
 
 import functools
+from collections import Counter
 import logging
 import os
 import re
@@ -60,6 +61,11 @@ AXIS = {"left of": "horizontal", "right of": "horizontal", "above": "vertical", 
 LONG_PHRASE = {"left of": "to the left of", "right of": "to the right of", "above": "on top of", "below": "under"}
 CAPTIONS_PER_SCENE = 5
 SLOT_NAMES = ("digit_1", "colour_1", "digit_2", "colour_2", "axis")
+# The same content scored whatever the order: a caption with the relation the
+# wrong way round ("a red three right of a blue seven" for a red three on the
+# left) gets all four ordered slots wrong, yet it read both glyphs right. These
+# shares separate "what is there" from "where it is".
+ORDER_FREE_NAMES = ("digits_any_order", "glyphs_any_order")
 SCENE_COLUMNS = ["image_id", "split", "glyph_a", "glyph_b", "digit_a", "digit_b", "colour_a", "colour_b", "relation", "position", "captions"]
 GLYPH_PROMPT = "photo of the digit {word}"
 # glyph_prompts stores the slot of a glyph in the prompt table's caption_id.
@@ -157,6 +163,10 @@ def parse_caption(text: str) -> Slots | None:
 def slot_accuracy(predicted: list[str], truth: list[Slots]) -> dict:
     """Per slot the share of predicted captions that name it right, ``all_slots``, ``parsed`` and ``n``.
 
+    Also the order-free shares (:data:`ORDER_FREE_NAMES`): of the scene's two
+    digits, and of its two (digit, colour) glyphs, the share the caption names,
+    matched as multisets whatever the relation says.
+
     A caption that does not parse gets every slot wrong. With no captions the
     shares are NaN.
     """
@@ -164,6 +174,7 @@ def slot_accuracy(predicted: list[str], truth: list[Slots]) -> dict:
         raise ValueError(f"slot_accuracy: {len(predicted)} predicted captions for {len(truth)} scenes")
     n = len(truth)
     correct = {name: 0 for name in SLOT_NAMES}
+    unordered = {name: 0.0 for name in ORDER_FREE_NAMES}
     all_right = parsed = 0
     for text, true in zip(predicted, truth):
         guess = parse_caption(text)
@@ -174,11 +185,18 @@ def slot_accuracy(predicted: list[str], truth: list[Slots]) -> dict:
         for name, hit in zip(SLOT_NAMES, hits):
             correct[name] += hit
         all_right += all(hits)
+        true = Slots(*true)
+        named_digits, true_digits = Counter((guess.digit_1, guess.digit_2)), Counter((true.digit_1, true.digit_2))
+        named_glyphs = Counter(((guess.digit_1, guess.colour_1), (guess.digit_2, guess.colour_2)))
+        true_glyphs = Counter(((true.digit_1, true.colour_1), (true.digit_2, true.colour_2)))
+        unordered["digits_any_order"] += sum((named_digits & true_digits).values()) / 2
+        unordered["glyphs_any_order"] += sum((named_glyphs & true_glyphs).values()) / 2
 
     def share(count: int) -> float:
         return float(count / n) if n else float("nan")
 
     result = {name: share(correct[name]) for name in SLOT_NAMES}
+    result.update({name: share(unordered[name]) for name in ORDER_FREE_NAMES})
     result.update(all_slots=share(all_right), parsed=share(parsed), n=int(n))
     return result
 
