@@ -148,6 +148,7 @@ def invocation(result: subprocess.CompletedProcess, env: dict) -> dict:
 # its generated images (the jobs that make them are like any other on SLURM, and
 # test_workflow.py checks them), so SLURM runs the mixes, every training run and
 # evaluation, and the report (about 100 s less of the suite than the whole DAG).
+# Their benchmark files come too: a benchmark file is an output of its rule.
 UPSTREAM = ("real", "generators", "prompts", "generated")
 
 
@@ -159,6 +160,9 @@ def study(cluster, tmp_path_factory, request):
     for part in UPSTREAM:
         shutil.copytree(local_root / "results" / "tiny" / part, root / "results" / "tiny" / part)
     shutil.copytree(local_root / ".snakemake" / "metadata", root / ".snakemake" / "metadata")
+    # A rule's benchmark file is one of its outputs: without them every upstream
+    # job would run again. Those of the runs are overwritten when the runs are made.
+    shutil.copytree(local_root / "benchmarks", root / "benchmarks")
     config = tiny_config(copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
     config["resources"]["train"]["gpu"] = 1  # a GPU rule: sbatch --gpus=1 on the fake GPUs
     config["execution"]["allow_cpu_fallback"] = True  # torch finds no CUDA behind them
