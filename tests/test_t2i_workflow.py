@@ -87,10 +87,11 @@ def test_digits_study_on_a_text_to_image_generator(tiny_sd, tmp_path):
     assert 6 <= len(before) < shard_size, "the shard was not killed midway"
     assert not (tmp_path / shard).exists()
 
-    # Run again, now for a classifier trained and evaluated on the generated
-    # images: shard 0 runs again and resumes, keeping the images it had made.
-    run = "results/t2i/runs/generated/ratio-1.0/resnet10t/seed-0/metrics.json"
-    run_snakemake(run, "--cores", "2", "--configfile", str(path), cwd=tmp_path)
+    # Run again, up to the mix that replaces every real training image by a
+    # generated one: shard 0 runs again and resumes, keeping the images it had
+    # made. (A classifier trains on such a mix as on any other: the tiny study's runs.)
+    mix = "results/t2i/manifests/generated/ratio-1.0.parquet"
+    run_snakemake(mix, "--cores", "2", "--configfile", str(path), cwd=tmp_path)
     log = (tmp_path / "logs" / "t2i" / "generate_shard" / "generated" / "shard-0.log").read_text()
     assert f", {len(before)} already on disk" in log
     assert all(p.stat().st_mtime_ns == before[p] for p in before)  # kept, not remade
@@ -98,4 +99,3 @@ def test_digits_study_on_a_text_to_image_generator(tiny_sd, tmp_path):
     manifest = read_parquet(out / "manifests" / "generated" / "ratio-1.0.parquet")
     assert (manifest["origin"] == "generated").all() and manifest["prompt"].str.startswith("a photo of the digit ").all()
     assert set(manifest["generator"]) == {"tiny_sd"}
-    assert 0 <= json.loads((tmp_path / run).read_text())["test"]["top1"] <= 1
