@@ -214,7 +214,7 @@ class CaptionDataset(Dataset):
         self.resize = resize_transform(image_size)
         self.plain = finish_transform(mean, std)
         self.augmented = finish_transform(mean, std, augment["translate"]) if augment["translate"] else self.plain
-        # Without augmentation an item's pixels never change: keep them ready (float32).
+        # Room for every image as float32 (what is kept without augmentation).
         self.cache: dict[int, torch.Tensor] | None = {} if len(self.paths) * 3 * image_size**2 * 4 <= CACHE_BYTES else None
 
     def __len__(self) -> int:
@@ -227,37 +227,32 @@ class CaptionDataset(Dataset):
         """Which of image i's captions the item with ``seed`` teaches."""
         return int(np.random.default_rng([int(seed) & (2**63 - 1), self.seed]).integers(len(self.captions[i])))
 
-    def _cached(self, i: int, make) -> torch.Tensor:
-        if self.cache is None:
-            return make(i)
-        if i not in self.cache:
-            self.cache[i] = make(i)
-        return self.cache[i]
+    def image(self, i: int) -> torch.Tensor:
+        """Image i decoded and resized (uint8), or ready to read (normalised float) when nothing augments it.
 
-    def resized(self, i: int) -> torch.Tensor:
-        """Image i decoded and resized (uint8); kept in memory when the dataset is small and augmented."""
+        Kept in memory after its first read when the dataset is small (``self.cache``).
+        """
+        if self.cache is not None and i in self.cache:
+            return self.cache[i]
+        image = self.resize(load_rgb(self.paths[i]))
         if self.augmented is self.plain:
-            return self.resize(load_rgb(self.paths[i]))
-        return self._cached(i, lambda j: self.resize(load_rgb(self.paths[j])))
-
-    def pixels(self, i: int) -> torch.Tensor:
-        """Image i as the model reads it unaugmented; kept in memory when the dataset is small and not augmented."""
-        if self.augmented is self.plain:
-            return self._cached(i, lambda j: self.plain(self.resized(j)))
-        return self.plain(self.resized(i))
+            image = self.plain(image)
+        if self.cache is not None:
+            self.cache[i] = image
+        return image
 
     def __getitem__(self, key):
         if isinstance(key, tuple):
             i, seed = (int(k) for k in key)
             if self.augmented is self.plain:
-                pixels = self.pixels(i)
+                pixels = self.image(i)
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.random.default_generator.manual_seed(seed)
-                    pixels = self.augmented(self.resized(i))
+                    pixels = self.augmented(self.image(i))
             return pixels, self.tokens(i, self.choice(i, seed))
         i = int(key)
-        return self.pixels(i), self.tokens(i, 0)
+        return (self.image(i) if self.augmented is self.plain else self.plain(self.image(i))), self.tokens(i, 0)
 
 
 # ---- the embedded model --------------------------------------------------------------

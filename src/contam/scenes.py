@@ -28,11 +28,11 @@ from global state: the same glyph table and seed give the same scenes.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 import logging
 import os
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -181,11 +181,11 @@ def slot_accuracy(predicted: list[str], truth: list[Slots]) -> dict:
         if guess is None:
             continue
         parsed += 1
-        hits = [g == t for g, t in zip(guess, Slots(*true))]
+        true = Slots(*true)
+        hits = [g == t for g, t in zip(guess, true)]
         for name, hit in zip(SLOT_NAMES, hits):
             correct[name] += hit
         all_right += all(hits)
-        true = Slots(*true)
         named_digits, true_digits = Counter((guess.digit_1, guess.digit_2)), Counter((true.digit_1, true.digit_2))
         named_glyphs = Counter(((guess.digit_1, guess.colour_1), (guess.digit_2, guess.colour_2)))
         true_glyphs = Counter(((true.digit_1, true.colour_1), (true.digit_2, true.colour_2)))
